@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Set-up and entry points: `python3 make.py demo` runs the main job, `python3 make.py test` the tests.
+
+Each creates (or reuses) a virtual environment in .venv and installs the package with pip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def ensure_env() -> None:
+    """Create .venv and install `.[test]` once; reinstall when pyproject.toml changes."""
+    stamp = VENV / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    print("installing resnext and its dependencies into .venv ...", flush=True)
+    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    stamp.write_text(digest)
+
+
+def run(*cmd: str) -> None:
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    target = sys.argv[1] if len(sys.argv) > 1 else "demo"
+    extra = sys.argv[2:]
+    if target not in ("demo", "test"):
+        sys.exit(f"usage: python3 make.py demo|test (got {target!r})")
+    ensure_env()
+    if target == "demo":
+        run(str(BIN / "resnext"), "info", *extra)
+    else:
+        run(str(BIN / "ruff"), "check", "src", "tests", "make.py")
+        run(str(BIN / "ruff"), "format", "--check", "src", "tests", "make.py")
+        run(str(PY), "-m", "pytest", "-q", *extra)
+
+
+if __name__ == "__main__":
+    main()
