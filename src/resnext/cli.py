@@ -100,6 +100,53 @@ def cmd_design(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    """Weights from torchvision, timm, pycls or resnext files to a self-describing checkpoint."""
+    from resnext.convert import import_weights
+    from resnext.weights import save_weights_file
+
+    overrides = {"form": args.form} if args.form else {}
+    payload = import_weights(
+        args.source, args.input, args.model, args.source_name, args.key, **overrides
+    )
+    save_weights_file(args.out, payload)
+    pre = payload["preprocessing"] or {}
+    print(
+        f"wrote {args.out}: {payload['model_name'] or 'custom spec'} "
+        f"({payload['spec']['num_classes']} classes, form {payload['spec']['form']}), "
+        f"preprocessing resize {pre.get('resize')} crop {pre.get('crop')} "
+        f"{pre.get('interpolation')} (from {payload['source']['weights'] or args.source})"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export a checkpoint and check the file against eager PyTorch."""
+    from resnext.export import export_checkpoint
+
+    diff = export_checkpoint(args.checkpoint, args.format, args.out, args.batch == "dynamic")
+    print(f"wrote {args.out} ({args.format}, {args.batch} batch); max abs diff to eager {diff:.3g}")
+    if not diff <= args.tolerance:
+        raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Top-k classes for images and folders of images."""
+    from resnext.predict import predict_checkpoint
+
+    read = 0
+    for result in predict_checkpoint(args.checkpoint, args.images, args.top_k):
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            print(f"resnext: cannot read {result['path']}: {result['error']}", file=sys.stderr)
+        else:
+            top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in result["top"])
+            print(f"{result['path']}: {top}", flush=True)
+        read += "error" not in result
+    if read == 0:
+        raise UserError("no image could be read")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="resnext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -116,6 +163,34 @@ def build_parser() -> Parser:
     p.add_argument("--baseline-width", type=int, default=64, help="d of the C=1 baseline")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_design)
+    p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
+    p.add_argument("input", metavar="IN", help=".pt/.pth/.safetensors file")
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("torchvision", "timm", "pycls", "resnext"))  # fmt: skip
+    p.add_argument("--out", required=True, help=".pt checkpoint or .safetensors")
+    p.add_argument("--model", default=None, help="registered name (default: from the shapes)")
+    p.add_argument("--source-name", default=None,
+                   help="the source's model name for its preprocessing, e.g. timm's "
+                   "resnext50_32x4d.a1h_in1k")  # fmt: skip
+    p.add_argument("--key", default=None, help="wrapper entry holding the weights (model_ema)")
+    p.add_argument("--form", choices=("a", "b", "c"), default=None, help="block form to store")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="ONNX / TorchScript / ExportedProgram / safetensors")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", required=True,
+                   choices=("onnx", "torchscript", "exported-program", "safetensors"))  # fmt: skip
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of images with a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""torch.hub entry points: one per registered model, e.g.
+
+    torch.hub.load(repo_dir, "resnext50_32x4d", source="local", weights="model.safetensors")
+
+`weights` is a file (.pt/.pth/.safetensors, any wrapper or block form, pycls names included), a
+URL (downloaded once into the hub cache), or None for random initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+dependencies = ["torch", "torchvision"]
+
+_SRC = Path(__file__).resolve().parent / "src"
+if _SRC.is_dir() and str(_SRC) not in sys.path:  # a plain checkout works without `pip install`
+    sys.path.insert(0, str(_SRC))
+
+from resnext.interop import is_pycls, pycls_to_torchvision  # noqa: E402
+from resnext.model import create_model  # noqa: E402
+from resnext.weights import (  # noqa: E402
+    infer_num_classes,
+    load_weights,
+    read_weights_file,
+    unwrap_state_dict,
+)
+from resnext.zoo import list_models  # noqa: E402
+
+
+def _local_file(weights: str | os.PathLike) -> Path:
+    """A URL is downloaded into torch.hub's cache (once); a path is used as it is."""
+    text = str(weights)
+    if urlparse(text).scheme in ("http", "https", "file"):
+        import torch.hub
+
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(text).path).name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(text, str(target), progress=True)
+        return target
+    return Path(text)
+
+
+def _build(name: str, weights: str | os.PathLike | None, overrides: dict[str, Any]):
+    if weights is None:
+        return create_model(name, **overrides)
+    state = unwrap_state_dict(read_weights_file(_local_file(weights)))
+    num_classes = infer_num_classes(pycls_to_torchvision(state) if is_pycls(state) else state)
+    if num_classes is not None:  # a classifier of the file's size unless asked otherwise
+        overrides = {"num_classes": num_classes, **overrides}
+    model = create_model(name, **overrides)
+    load_weights(model, state, strict=True)
+    return model.eval()
+
+
+def _entry(name: str):
+    def entry(weights: str | os.PathLike | None = None, **overrides: Any):
+        return _build(name, weights, overrides)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (
+        f"ResNeXt family model `{name}`; `weights`: file, URL or None (random); "
+        "`overrides`: ModelSpec options such as num_classes or form."
+    )
+    return entry
+
+
+for _name in list_models():
+    globals()[_name] = _entry(_name)

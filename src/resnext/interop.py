@@ -1,0 +1,207 @@
+"""Foreign weight formats: pycls names, spec inference, and the preprocessing each source documents.
+
+torchvision and timm ResNet/ResNeXt state_dicts already use our names (STYLE.md rule 4). pycls
+uses its own (`stem.conv`, `s1.b1.f.a`, `head.fc`), mapped by one pure function and its inverse.
+Wrong preprocessing is the usual reason ported weights score near 0% (issue 5), so every import
+records the preprocessing its source documents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from resnext.forms import convert_state_dict
+from resnext.zoo import ModelSpec, get_spec, list_models
+
+StateDict = dict[str, Tensor]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Block parts: torchvision name -> pycls name (pycls/models/resnet.py: ResBlock, BottleneckTransform).
+_PYCLS_PARTS = {
+    "conv1": "f.a",
+    "bn1": "f.a_bn",
+    "conv2": "f.b",
+    "bn2": "f.b_bn",
+    "conv3": "f.c",
+    "bn3": "f.c_bn",
+    "downsample.0": "proj",
+    "downsample.1": "bn",
+}
+_PYCLS_TOP = {"conv1": "stem.conv", "bn1": "stem.bn", "fc": "head.fc"}
+_TV_BLOCK = re.compile(r"^layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<rest>.+)$")
+_PYCLS_BLOCK = re.compile(r"^s(?P<stage>\d+)\.b(?P<block>\d+)\.(?P<rest>.+)$")
+
+
+def _rename(rest: str, table: Mapping[str, str], key: str) -> str:
+    for old, new in table.items():
+        if rest.startswith(old + "."):
+            return new + rest[len(old) :]
+    raise ValueError(f"no mapping for state_dict key {key!r}")
+
+
+def torchvision_to_pycls(state: Mapping[str, Tensor]) -> StateDict:
+    """Pure renaming of a torchvision-named ResNet/ResNeXt state_dict to pycls's names."""
+    out: StateDict = {}
+    for key, value in state.items():
+        m = _TV_BLOCK.match(key)
+        if m:
+            name = f"s{m['stage']}.b{int(m['block']) + 1}." + _rename(m["rest"], _PYCLS_PARTS, key)
+        else:
+            name = _rename(key, _PYCLS_TOP, key)
+        out[name] = value
+    return out
+
+
+def pycls_to_torchvision(state: Mapping[str, Tensor]) -> StateDict:
+    """Pure renaming of a pycls ResNet/ResNeXt state_dict to torchvision's names (the inverse)."""
+    parts = {v: k for k, v in _PYCLS_PARTS.items()}
+    top = {v: k for k, v in _PYCLS_TOP.items()}
+    out: StateDict = {}
+    for key, value in state.items():
+        m = _PYCLS_BLOCK.match(key)
+        if m:
+            name = f"layer{m['stage']}.{int(m['block']) - 1}." + _rename(m["rest"], parts, key)
+        else:
+            name = _rename(key, top, key)
+        out[name] = value
+    return out
+
+
+def is_pycls(state: Mapping[str, Any]) -> bool:
+    """True for a state_dict in pycls's layout."""
+    return "stem.conv.weight" in state or any(_PYCLS_BLOCK.match(k) for k in state)
+
+
+def bgr_to_rgb(state: Mapping[str, Tensor]) -> StateDict:
+    """Reverse the input channels of the stem conv: pycls trains on BGR images (OpenCV)."""
+    out = dict(state)
+    out["conv1.weight"] = state["conv1.weight"].flip(1).contiguous()
+    return out
+
+
+def infer_spec(state: Mapping[str, Tensor]) -> ModelSpec:
+    """The ModelSpec (form c) a torchvision-named state_dict fits, read from its shapes."""
+    state = convert_state_dict(dict(state), 1, "c")
+    if "conv1.weight" not in state:
+        raise ValueError("not a ResNet/ResNeXt state_dict: no conv1.weight")
+    stem = state["conv1.weight"]
+    template = "imagenet" if stem.shape[-1] == 7 else "cifar"
+    blocks = {(int(m["stage"]), int(m["block"])) for m in map(_TV_BLOCK.match, state) if m}
+    stages = sorted({s for s, _ in blocks})
+    depths = tuple(1 + max(b for s2, b in blocks if s2 == s) for s in stages)
+    bottleneck = "layer1.0.conv3.weight" in state
+    cardinality, base_width = 1, 64
+    if bottleneck:
+        grouped = state["layer1.0.conv2.weight"]  # [C*d, d, 3, 3] in the first stage (planes 64)
+        base_width = int(grouped.shape[1])
+        cardinality = int(grouped.shape[0]) // base_width
+    has_proj = {(s, b) for s, b in blocks if f"layer{s}.{b}.downsample.0.weight" in state}
+    shortcut = "C" if any(b > 0 for _, b in has_proj) else ("B" if has_proj else "A")
+    return ModelSpec(
+        template=template,
+        block="bottleneck" if bottleneck else "basic",
+        depths=depths,
+        cardinality=cardinality,
+        base_width=base_width,
+        num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else 0,
+        in_channels=int(stem.shape[1]),
+        shortcut=shortcut,
+    )
+
+
+def registered_name(spec: ModelSpec) -> str | None:
+    """The registered variant a spec is (ignoring num_classes, form and options), if any."""
+    for name in list_models():
+        ref = get_spec(name)
+        keys = ("template", "block", "depths", "cardinality", "base_width")
+        if all(getattr(ref, k) == getattr(spec, k) for k in keys):
+            return name
+    return None
+
+
+def torchvision_preprocessing(name: str, filename: str | None = None) -> dict[str, Any] | None:
+    """Preprocessing and class names that torchvision documents for its weights of `name`.
+
+    The weight enum whose download URL ends in `filename` is used (V1 and V2 weights differ in
+    resize); without a match, torchvision's DEFAULT weights.
+    """
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+    chosen = next((w for w in enum if filename and w.url.endswith("/" + filename)), enum.DEFAULT)
+    t = chosen.transforms()
+    return {
+        "preprocessing": {
+            "resize": int(t.resize_size[0]),
+            "crop": int(t.crop_size[0]),
+            "mean": list(t.mean),
+            "std": list(t.std),
+            "interpolation": t.interpolation.value,
+        },
+        "class_names": list(chosen.meta["categories"]),
+        "weights": str(chosen),
+    }
+
+
+def timm_preprocessing(name: str) -> dict[str, Any] | None:
+    """Preprocessing timm's pretrained_cfg documents for `name` (e.g. "resnext50_32x4d.a1h_in1k")."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    crop = int(cfg.input_size[-1])
+    return {
+        "preprocessing": {
+            "resize": int(crop / cfg.crop_pct),  # timm's eval transform: floor(crop / crop_pct)
+            "crop": crop,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "interpolation": cfg.interpolation,
+        },
+        "class_names": None,
+        "weights": f"timm:{name}" + (f".{cfg.tag}" if cfg.tag and "." not in name else ""),
+    }
+
+
+# pycls's test transform: shorter side to TEST.IM_SIZE (256), centre crop TRAIN.IM_SIZE (224),
+# cv2 bilinear; its mean/std are ImageNet's in BGR order, which after `bgr_to_rgb` are these.
+PYCLS_PREPROCESSING = {
+    "resize": 256,
+    "crop": 224,
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+    "interpolation": "bilinear",
+}
+
+
+def source_preprocessing(
+    source: str, name: str | None, filename: str | None = None
+) -> dict[str, Any] | None:
+    """Preprocessing, class names and a weights label for imported weights, from their source."""
+    if source == "torchvision" and name:
+        return torchvision_preprocessing(name, filename)
+    if source == "timm" and name:
+        return timm_preprocessing(name)
+    if source == "pycls":
+        return {"preprocessing": dict(PYCLS_PREPROCESSING), "class_names": None, "weights": "pycls"}
+    return None
+
+
+def to_torchvision_layout(source: str, state: Mapping[str, Tensor], rgb: bool = True) -> StateDict:
+    """A source's state_dict in our names (form c); pycls gets its stem flipped to RGB input."""
+    if source == "pycls":
+        state = pycls_to_torchvision(state)
+        return bgr_to_rgb(state) if rgb else state
+    if source in ("torchvision", "timm", "resnext"):
+        return convert_state_dict(dict(state), 1, "c")
+    raise ValueError(f"unknown source {source!r}; use torchvision, timm, pycls or resnext")

@@ -1,0 +1,57 @@
+"""`resnext predict`: top-k classes for image files, with the checkpoint's own preprocessing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnext.images import batched_images, eval_transform, list_images
+from resnext.weights import WeightsError, load_model_file
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    preprocessing: dict[str, Any],
+    paths: Sequence[str | os.PathLike],
+    class_names: Sequence[str] | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+) -> Iterator[dict[str, Any]]:
+    """One result per image, in order: `{"path", "top": [{"class", "index", "prob"}]}` or
+    `{"path", "error"}` for a file that cannot be read (the others still get predictions).
+    """
+    transform = eval_transform(preprocessing)
+    model.eval()
+    for ok, batch, failed in batched_images(list_images(paths), transform, batch_size):
+        for path, reason in failed:
+            yield {"path": str(path), "error": reason}
+        if batch is None:
+            continue
+        probs = model(batch).softmax(dim=1)
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        for path, v, i in zip(ok, values.tolist(), indices.tolist()):
+            top = [
+                {"class": class_names[j] if class_names else str(j), "index": j, "prob": p}
+                for p, j in zip(v, i)
+            ]
+            yield {"path": str(path), "top": top}
+
+
+def predict_checkpoint(
+    checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 5
+) -> Iterator[dict[str, Any]]:
+    """`predict_images` with the model, preprocessing and class names a checkpoint holds."""
+    model, ckpt = load_model_file(checkpoint)
+    if not ckpt.get("preprocessing"):
+        raise WeightsError(f"{checkpoint} records no preprocessing; cannot prepare images for it")
+    if top_k < 1:
+        raise ValueError(f"--top-k must be positive, got {top_k}")
+    return predict_images(model, ckpt["preprocessing"], paths, ckpt.get("class_names"), top_k)
