@@ -79,11 +79,14 @@ class Residual(nn.Module):
         self.out_channels = planes * self.expansion
         self.residual = cfg.residual
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            make_shortcut(cfg.shortcut, in_channels, self.out_channels, stride)
-            if cfg.residual
-            else None
-        )
+        self._shortcut_args = (cfg.shortcut, in_channels, self.out_channels, stride)
+        self.downsample: nn.Module | None = None
+
+    def attach_shortcut(self) -> None:
+        """Create the shortcut last, so that state_dict keys come in torchvision's order."""
+        if self.residual:
+            self.downsample = make_shortcut(*self._shortcut_args)
+        del self._shortcut_args
 
     def transform(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -112,6 +115,7 @@ class BasicBlock(Residual):
         init_conv_(self.conv2)
         init_norm_(self.bn1)
         init_norm_(self.bn2, zero=cfg.zero_init_residual)
+        self.attach_shortcut()
 
     def transform(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -136,6 +140,7 @@ class Bottleneck(Residual):
         init_norm_(self.bn1)
         init_norm_(self.bn2)
         init_norm_(self.bn3, zero=cfg.zero_init_residual)
+        self.attach_shortcut()
 
     def transform(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -182,6 +187,7 @@ class BottleneckA(Residual):
         )
         self.bn3 = norm(self.out_channels)
         init_norm_(self.bn3, zero=cfg.zero_init_residual)
+        self.attach_shortcut()
 
     def transform(self, x: Tensor) -> Tensor:
         return self.bn3(torch.stack([branch(x) for branch in self.branches]).sum(0))
@@ -201,6 +207,7 @@ class BottleneckB(Residual):
         self.bn3 = norm(self.out_channels)
         init_conv_(self.conv3)
         init_norm_(self.bn3, zero=cfg.zero_init_residual)
+        self.attach_shortcut()
 
     def transform(self, x: Tensor) -> Tensor:
         out = torch.cat([branch(x) for branch in self.branches], dim=1)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
-from resnext.blocks import Form, Shortcut, bottleneck_width
+from resnext.blocks import Form, Shortcut
 
 Template = Literal["imagenet", "cifar"]
 BlockKind = Literal["basic", "bottleneck"]
@@ -60,8 +60,6 @@ class ModelSpec:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.block == "basic" and (self.cardinality, self.base_width, self.form) != (1, 64, "c"):
             raise ValueError("basic blocks support only cardinality=1, base_width=64, form='c'")
-        if bottleneck_width(STAGE_PLANES[0], self.base_width, self.cardinality) == 0:
-            raise ValueError(f"base_width={self.base_width} gives a zero-width first stage")
 
     @property
     def planes(self) -> tuple[int, ...]:
@@ -110,6 +108,7 @@ _TEMPLATES: dict[int, tuple[Template, BlockKind, tuple[int, ...]]] = {
     152: ("imagenet", "bottleneck", (3, 8, 36, 3)),
     200: ("imagenet", "bottleneck", (3, 24, 36, 3)),
     29: ("cifar", "bottleneck", (3, 3, 3)),
+    11: ("cifar", "bottleneck", (1, 1, 1)),
 }
 
 # The table: name -> (depth, cardinality C, bottleneck width d).
@@ -146,6 +145,8 @@ _TABLE: dict[str, tuple[int, int, int]] = {
     "resnext29_4x64d": (29, 4, 64),
     "resnext29_8x64d": (29, 8, 64),
     "resnext29_16x64d": (29, 16, 64),
+    # One block per stage: the `digits` training recipe's CPU-sized model (issue 3).
+    "resnext11_4x16d": (11, 4, 16),
 }
 
 # Fields a name fixes; overriding one of them with another value contradicts the name.
@@ -197,8 +198,3 @@ def get_spec(name: str, **overrides: Any) -> ModelSpec:
                     "build a ModelSpec for another design"
                 )
     return replace(spec, **overrides)
-
-
-def spec_defaults() -> dict[str, Any]:
-    """Default value of every ModelSpec field."""
-    return {f.name: f.default for f in fields(ModelSpec) if f.default is not MISSING}

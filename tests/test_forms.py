@@ -1,0 +1,72 @@
+"""Forms (a), (b), (c) of Figure 3 compute the same function (section 3.3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnext import build_model, convert_form, create_model
+from resnext.forms import convert_state_dict
+
+from conftest import tiny_spec
+
+SPECS = {
+    "cifar_c4": tiny_spec(depths=(2, 1, 1)),
+    "imagenet_c8_stride1x1_shortcutC": tiny_spec(
+        template="imagenet", depths=(1, 1, 2, 1), cardinality=8, stride_in_1x1=True, shortcut="C"
+    ),
+    "cifar_c3_shortcutA_zero_init": tiny_spec(cardinality=3, shortcut="A", zero_init_residual=True),
+}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("key", SPECS)
+def test_forms_are_equal_in_float64(key: str, mode: str) -> None:
+    base = build_model(SPECS[key]).double()
+    for p in base.parameters():  # move BN away from its identity init so BN is exercised
+        p.data.add_(0.1 * torch.randn_like(p))
+    for name, buf in base.named_buffers():
+        if name.endswith("running_var"):
+            buf.uniform_(0.5, 2.0)
+        elif name.endswith("running_mean"):
+            buf.normal_()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    outputs = {}
+    for form in "abc":
+        model = convert_form(base, form)
+        assert model.spec.form == form
+        getattr(model, mode)()
+        outputs[form] = model(x)
+    for form in "ab":
+        assert (outputs[form] - outputs["c"]).abs().max().item() <= 1e-10, form
+
+
+def test_conversion_round_trips_and_loads_strictly() -> None:
+    model = build_model(tiny_spec())
+    state = model.state_dict()
+    for form in "ab":
+        branched = convert_state_dict(state, 4, form)
+        build_model(tiny_spec(form=form)).load_state_dict(branched, strict=True)
+        back = convert_state_dict(branched, 4, "c")
+        assert back.keys() == state.keys()
+        assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_form_layouts() -> None:
+    a = create_model("resnext50_32x4d", form="a")
+    b = create_model("resnext50_32x4d", form="b")
+    assert len(a.layer1[0].branches) == 32 and a.layer1[0].branches[0].conv3.in_channels == 4
+    assert b.layer1[0].branches[0].conv3 is None and b.layer1[0].conv3.in_channels == 128
+    assert "layer1.0.branches.31.conv2.weight" in a.state_dict()
+
+
+def test_conversion_does_not_share_storage() -> None:
+    model = build_model(tiny_spec())
+    converted = convert_form(model, "c").train()
+    converted(torch.randn(2, 3, 8, 8))  # updates BN running stats of the copy only
+    assert not torch.equal(converted.bn1.running_mean, model.bn1.running_mean)
+
+
+def test_basic_block_models_have_one_form() -> None:
+    with pytest.raises(ValueError, match="basic"):
+        convert_form(create_model("resnet18"), "a")

@@ -1,0 +1,131 @@
+"""Every registered model: shapes, gradients, scripting; and the options of the template."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnext import ResNeXt, build_model, create_model, list_models
+
+from conftest import tiny_spec
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_model_forward_backward_script(name: str) -> None:
+    model = create_model(name, num_classes=7)
+    # Small inputs: the ImageNet template reaches 1x1 at conv5 (BN still sees 2 values).
+    size = 32 if model.spec.template == "imagenet" else 8
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    model.eval()
+    scripted = torch.jit.script(model)
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # skip the profiling runs
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_of_grouped_model() -> None:
+    model = build_model(tiny_spec()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_any_input_size() -> None:
+    model = create_model("resnext50_32x4d", num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 75)).shape == (1, 5)
+
+
+def test_interface() -> None:
+    model = create_model("resnext50_32x4d").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (1, 2048, 2, 2) and model.num_features == 2048
+        assert model.forward_head(feats, pre_logits=True).shape == (1, 2048)
+        torch.testing.assert_close(model.forward_head(feats), model(x))
+        stages = model.forward_stages(x)
+    assert list(stages) == ["conv2", "conv3", "conv4", "conv5"]
+    for info, (name, fmap) in zip(model.feature_info, stages.items()):
+        assert fmap.shape[1] == info["num_chs"], name
+        assert fmap.shape[-1] == 64 // info["reduction"], name
+    model.reset_classifier(3)
+    assert model(x).shape == (1, 3)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, 2048)
+
+
+def test_cifar_template() -> None:
+    model = create_model("resnext29_8x64d")
+    assert model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)
+    assert model.num_features == 1024 and model.fc.out_features == 10
+    stages = model.eval().forward_stages(torch.randn(1, 3, 32, 32))
+    assert [s.shape[-1] for s in stages.values()] == [32, 16, 8]  # maps of Appendix A
+    assert model.layer2[0].conv2.groups == 8 and model.layer2[0].conv2.in_channels == 1024
+
+
+def test_widths_follow_the_two_rules() -> None:
+    """Width int(planes * d / 64) * C; every downsampling doubles it (section 3.1)."""
+    model = create_model("resnext101_32x8d")
+    widths = [getattr(model, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)]
+    assert widths == [256, 512, 1024, 2048]
+    assert all(b.conv2.groups == 32 for b in model.layer3)
+
+
+def test_stride_placement() -> None:
+    default = build_model(tiny_spec())
+    assert default.layer2[0].conv2.stride == (2, 2) and default.layer2[0].conv1.stride == (1, 1)
+    in_1x1 = build_model(tiny_spec(stride_in_1x1=True))
+    assert in_1x1.layer2[0].conv1.stride == (2, 2) and in_1x1.layer2[0].conv2.stride == (1, 1)
+
+
+def _num_projections(model: ResNeXt) -> int:
+    return sum(1 for n, _ in model.named_modules() if n.endswith("downsample.0"))
+
+
+def test_shortcut_types() -> None:
+    spec = dict(depths=(2, 2, 2))
+    assert _num_projections(build_model(tiny_spec(shortcut="A", **spec))) == 0
+    assert (
+        _num_projections(build_model(tiny_spec(shortcut="B", **spec))) == 3
+    )  # first of each stage
+    assert _num_projections(build_model(tiny_spec(shortcut="C", **spec))) == 6  # every block
+    model = build_model(tiny_spec(shortcut="A", **spec)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_zero_init_residual_makes_blocks_start_as_identity() -> None:
+    model = build_model(tiny_spec(depths=(2, 1, 1), zero_init_residual=True)).eval()
+    block = model.layer1[1]
+    assert not block.bn3.weight.any()
+    x = torch.rand(1, 256, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x)
+
+
+def test_no_residual_ablation() -> None:
+    plain = build_model(tiny_spec(residual=False))
+    assert _num_projections(plain) == 0
+    block = plain.layer1[0].eval()
+    with torch.no_grad():
+        x = torch.randn(1, 64, 8, 8)
+        torch.testing.assert_close(block(x), torch.relu(block.transform(x)))
+
+
+def test_in_channels_option() -> None:
+    model = build_model(tiny_spec(in_channels=1)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_init_follows_he_fan_out() -> None:
+    model = create_model("resnext50_32x4d")
+    w = model.layer3[0].conv2.weight  # [512, 16, 3, 3], grouped: fan-out 9 * 512
+    assert abs(w.std().item() / (2 / (9 * 512)) ** 0.5 - 1) < 0.05
+    assert (model.layer1[0].bn3.weight == 1).all() and (model.bn1.bias == 0).all()
