@@ -45,12 +45,13 @@ def test_macs_include_fc_bias_and_match_flop_counter_otherwise() -> None:
 
 @pytest.mark.parametrize(
     "name, params_m, gmacs",
-    [("resnet50", 25.5, 4.1), ("resnext50_32x4d", 25.0, 4.2), ("resnet101", 44.5, 7.8),
-     ("resnext101_32x4d", 44.1, 8.0), ("resnet200", 64.6, 15.0)],
+    [("resnet50", 25.5, 4.1), ("resnext50_32x4d", 25.0, 4.2), ("resnet101", None, 7.8),
+     ("resnext101_32x4d", None, 8.0), ("resnet200", None, 15.0)],
 )  # fmt: skip
-def test_paper_table1_and_table4_rounded(name: str, params_m: float, gmacs: float) -> None:
+def test_paper_table1_and_table4_rounded(name: str, params_m: float | None, gmacs: float) -> None:
     c = _meta_count(name)
-    assert abs(c.params / 1e6 - params_m) < 0.1
+    if params_m is not None:  # Table 1 gives params; Table 4 only FLOPs
+        assert abs(c.params / 1e6 - params_m) < 0.1
     assert abs(c.macs / 1e9 - gmacs) < 0.05
 
 
