@@ -100,6 +100,67 @@ def cmd_design(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a recipe; under `torchrun` the same command trains on many processes."""
+    from pathlib import Path
+
+    from resnext.config import parse_set, resolve_config
+    from resnext.train import resume_config, train
+
+    flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}  # fmt: skip
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides |= {"deterministic": True} if args.deterministic else {}
+    overrides |= parse_set(args.set)
+    if args.out is None and args.resume in (None, "auto"):
+        raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    out = Path(args.out or args.resume)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    _log_to_stderr(rank0)
+    cfg = resume_config(args.resume, out, overrides) if args.resume else None
+    result = train(cfg or resolve_config(args.recipe, overrides), out, args.resume)
+    if rank0:
+        err = result["val_top1_error"]
+        print(f"val top-1 error {err:.2f}% (accuracy {100 - err:.2f}%), "
+              f"top-5 error {result['val_top5_error']:.2f}%")  # fmt: skip
+        print(f"run directory: {out}")
+        print(f"plot: {out / 'errors.png'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Top-1 / top-5 error of a checkpoint on a dataset's validation split."""
+    from resnext.evaluation import evaluate_checkpoint
+
+    for name in ("resize", "crop", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    _log_to_stderr(True)
+    r = evaluate_checkpoint(
+        args.checkpoint, args.dataset, args.data, args.resize, args.crop, args.ten_crop,
+        args.batch_size, args.workers,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(r))
+        return
+    view = f"resize {r['resize']}, {'ten-crop' if r['ten_crop'] else 'crop'} {r['crop']}"
+    print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%  "
+          f"({r['images']} images, {view})")  # fmt: skip
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Draw a run's training and validation error against epochs."""
+    from resnext.plot import plot_run
+
+    print(plot_run(args.run_dir))
+
+
+def _log_to_stderr(enabled: bool) -> None:
+    import logging
+
+    level = logging.INFO if enabled else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     """Weights from torchvision, timm, pycls or resnext files to a self-describing checkpoint."""
     from resnext.convert import import_weights
@@ -163,6 +224,38 @@ def build_parser() -> Parser:
     p.add_argument("--baseline-width", type=int, default=64, help="d of the C=1 baseline")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_design)
+
+    p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)")
+    p.add_argument("--recipe", default="digits", help="named defaults (default: digits)")
+    p.add_argument("--model", help="registered model name")
+    p.add_argument("--dataset", choices=["folder", "cifar10", "cifar100", "digits"])
+    p.add_argument("--data", help="dataset path")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_batch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true", help="reproducible kernels")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (see config.json of a run)")  # fmt: skip
+    p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1 / top-5 error of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True, choices=["folder", "cifar10", "cifar100", "digits"])
+    p.add_argument("--data", default="", help="dataset path")
+    p.add_argument("--resize", type=int, help="shorter side before cropping")
+    p.add_argument("--crop", type=int, help="centre crop (e.g. 224, or 320 as in Table 5)")
+    p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and mirrors")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=4, help="decoding processes for image folders")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plot", help="training and validation error against epochs (PNG)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
     p.add_argument("input", metavar="IN", help=".pt/.pth/.safetensors file")
     p.add_argument("--from", dest="source", required=True,

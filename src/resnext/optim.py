@@ -1,0 +1,67 @@
+"""Optimiser, learning-rate schedule and weight EMA: the optimisation half of a recipe."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from resnext.config import TrainConfig
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """`lr` scaled linearly with the global batch (Goyal et al.; the paper's 0.1 per 256)."""
+    return cfg.lr * cfg.batch_size / cfg.lr_batch
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov as the original code) or AdamW; optionally no weight decay on BN and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if cfg.no_wd_norm_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=peak_lr(cfg))
+    return torch.optim.SGD(
+        groups, lr=peak_lr(cfg), momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+    )
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimizer step `step`: linear warm-up, then step decay or cosine."""
+    base = peak_lr(cfg)
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return base * (step + 1) / warm
+    if cfg.schedule == "step":  # divided by 10 at each milestone epoch (section 4, Appendix A)
+        epoch = step // steps_per_epoch
+        return base * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    t = (step - warm) / max(1, cfg.epochs * steps_per_epoch - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Apply a rate to every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a model's weights; BN buffers are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards the current weights."""
+        for e, m in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(m.detach(), 1 - self.decay)
+        for e, m in zip(self.module.buffers(), model.buffers()):
+            e.copy_(m)

@@ -1,0 +1,50 @@
+"""Training progress: a redrawn bar on an interactive terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+log = logging.getLogger("resnext.train")
+
+
+class Progress:
+    """Reports one epoch's steps; silent when `enabled` is False (ranks other than 0)."""
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        enabled: bool = True,
+        every: int = 50,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total, self.desc, self.enabled, self.every = total, desc, enabled, max(every, 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = enabled and self.stream.isatty()
+        self.drawn = False
+
+    def due(self, done: int) -> bool:
+        """Whether step `done` should be shown (every step on a terminal)."""
+        return self.enabled and (self.tty or done % self.every == 0 or done == self.total)
+
+    def update(self, done: int, **values: float) -> None:
+        """Show `done` of `total` steps with named values (loss, error, images/s)."""
+        text = " ".join(f"{k.replace('_', '/')} {v:.4g}" for k, v in values.items())
+        if not self.tty:
+            log.info("%s step %d/%d %s", self.desc, done, self.total, text)
+            return
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {text}\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """End the bar's line so that log lines start on a fresh one."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

@@ -1,0 +1,284 @@
+"""`train(config, out)`: build, maybe resume, loop (train, evaluate, checkpoint), plot.
+
+A run directory holds config.json, metrics.jsonl (one JSON line per epoch), last.pt, best.pt
+and errors.png. Only rank 0 writes; every rank reads the checkpoint it resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnext.checkpoint import load_checkpoint, save_checkpoint
+from resnext.config import TrainConfig, apply_overrides, config_from_dict, save_config
+from resnext.data import ImageSet, eval_batches, load_dataset, train_batches
+from resnext.distributed import Context, all_sum, barrier, broadcast_buffers, setup, teardown
+from resnext.engine import Trainee, evaluate, train_one_epoch
+from resnext.model import build_model
+from resnext.optim import EMA, build_optimizer, lr_at
+from resnext.plot import plot_run
+from resnext.progress import Progress
+from resnext.zoo import get_spec
+
+log = logging.getLogger("resnext.train")
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
+    """Train a model as `cfg` says, writing the run directory `out`.
+
+    Args:
+        cfg: the resolved recipe.
+        out: run directory (created).
+        resume: None, "auto" (continue `out` if it holds a run) or a run directory / last.pt.
+
+    Returns:
+        The last epoch's metrics plus `best_val_top1_error`.
+    """
+    ctx = setup(cfg.device)
+    try:
+        return _train(cfg, Path(out), resume_path(resume, Path(out)), ctx)
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> dict[str, Any]:
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = _load_data(cfg, ctx)
+    spec = get_spec(
+        cfg.model,
+        num_classes=len(train_set.classes),
+        in_channels=train_set.channels,
+        form=cfg.form,
+        zero_init_residual=cfg.zero_init_residual,
+    )
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    t = _build(spec, cfg, ctx)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
+    if resume is not None:
+        start_epoch, start_batch, sums, best = _restore(t, load_checkpoint(resume), ctx)
+        log.info("resumed %s at epoch %d, batch %d", resume, start_epoch, start_batch)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+        _keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
+    log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
+             cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
+
+    def payload(epoch: int, batch: int, metrics: dict | None, sums: list | None) -> dict:
+        return {
+            **_weights_and_meta(t.raw, spec, cfg, train_set.classes),
+            "metrics": metrics,
+            "epoch": epoch,
+            "step": t.step,
+            "batch": batch,
+            "train_sums": sums,
+            "best_val_top1_error": best,
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": {"kind": cfg.schedule, "step": t.step},
+            "scaler": t.scaler.state_dict(),
+            "ema": None if t.ema is None else t.ema.module.state_dict(),
+            "rng": rng_state(),
+        }
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = lr_at(cfg, t.step, steps_per_epoch)
+
+        def on_step(batch: int, sums: torch.Tensor, epoch: int = epoch) -> None:
+            if cfg.checkpoint_steps and t.step % cfg.checkpoint_steps == 0:
+                total = all_sum(sums.tolist(), ctx.device)
+                if ctx.main and batch < steps_per_epoch:
+                    save_checkpoint(out / "last.pt", payload(epoch, batch, None, total))
+
+        progress = Progress(
+            steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps
+        )
+        batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world)
+        metrics = {"epoch": epoch + 1, "lr": lr}
+        metrics |= train_one_epoch(
+            t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
+        )
+        start_batch, sums = 0, None
+        metrics |= _validate(t, val_set, cfg, ctx)
+        best = min(best, metrics["val_top1_error"])
+        if ctx.main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            save_checkpoint(out / "last.pt", payload(epoch + 1, 0, metrics, None))
+            if metrics["val_top1_error"] <= best:
+                save_checkpoint(out / "best.pt", payload(epoch + 1, 0, metrics, None))
+            log.info(json.dumps(metrics))
+        barrier()
+    if ctx.main:
+        log.info("plot: %s", plot_run(out))
+    return {**metrics, "best_val_top1_error": best}
+
+
+def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
+    """Training and validation sets; in-memory images move to the device once."""
+    sets = []
+    for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit)):
+        data = load_dataset(cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download)
+        data = data.subset(limit)
+        if data.images is not None:
+            data.images, data.labels = data.images.to(ctx.device), data.labels.to(ctx.device)
+        sets.append(data)
+    train_set, val_set = sets
+    if train_set.classes != val_set.classes:
+        raise ValueError("the training and validation sets have different classes")
+    if len(cfg.mean) != train_set.channels:
+        raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
+    memory = train_set.images is not None and cfg.augment != "inception"
+    if memory and train_set.images.shape[-1] != cfg.train_size:
+        raise ValueError(
+            f"images are {train_set.images.shape[-1]} px but train_size={cfg.train_size}; "
+            "set train_size (and eval_resize, eval_crop) to match"
+        )
+    if cfg.batch_size % (ctx.world * cfg.accum_steps):
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
+    return train_set, val_set
+
+
+def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
+    """Model on its device (SyncBN, channels_last, DDP, compile as asked), optimizer, scaler, EMA."""
+    raw: nn.Module = build_model(spec)
+    if cfg.sync_bn:
+        if ctx.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(ctx.device)
+    if cfg.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    ddp = None
+    model = raw
+    if ctx.world > 1:
+        ids = [ctx.device] if ctx.device.type == "cuda" else None
+        ddp = model = nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+    if cfg.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16")
+    ema = EMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    return Trainee(model, raw, build_optimizer(raw, cfg), scaler, ema, ddp)
+
+
+def _validate(t: Trainee, val_set: ImageSet, cfg: TrainConfig, ctx: Context) -> dict[str, float]:
+    """Validation error of the weights (and of their EMA), with rank 0's BN statistics."""
+    broadcast_buffers(t.raw)
+    batch = max(1, cfg.batch_size // ctx.world)
+    view = (cfg.eval_resize, cfg.eval_crop, False)
+    out = {}
+    for prefix, model in (("val", t.raw), ("val_ema", t.ema.module if t.ema else None)):
+        if model is not None:
+            batches = eval_batches(
+                val_set, batch, view, cfg.mean, cfg.std, cfg.workers, ctx.rank, ctx.world
+            )
+            m = evaluate(model, batches, cfg.precision, cfg.channels_last)
+            out |= {f"{prefix}_loss": m["loss"], f"{prefix}_top1_error": m["top1_error"]}
+            out[f"{prefix}_top5_error"] = m["top5_error"]
+    return out
+
+
+def _weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: list[str]) -> dict:
+    """The part of a checkpoint that predict/evaluate/export need (checkpoint.py's schema)."""
+    return {
+        "model": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        "spec": spec.to_dict(),
+        "model_name": cfg.model,
+        "class_names": list(classes),
+        "preprocessing": {
+            "resize": cfg.eval_resize,
+            "crop": cfg.eval_crop,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "interpolation": "bilinear",
+        },
+        "config": cfg.to_dict(),
+    }
+
+
+def _restore(t: Trainee, ckpt: dict, ctx: Context) -> tuple[int, int, torch.Tensor | None, float]:
+    """Load training state for an exact continuation; returns (epoch, batch, sums, best)."""
+    t.raw.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    if t.ema is not None and ckpt.get("ema") is not None:
+        t.ema.module.load_state_dict(ckpt["ema"])
+    t.step = int(ckpt["step"])
+    set_rng_state(ckpt["rng"])
+    sums = ckpt.get("train_sums")
+    # Saved sums are already totals over ranks: rank 0 carries them, the others start at zero.
+    sums = torch.tensor(sums if ctx.main else [0.0] * len(sums)) if sums else None
+    return int(ckpt["epoch"]), int(ckpt.get("batch", 0)), sums, float(ckpt["best_val_top1_error"])
+
+
+def resume_path(resume: str | None, out: Path) -> Path | None:
+    """The checkpoint to continue from: `out/last.pt` for "auto" (if present), else the path given."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return out / "last.pt" if (out / "last.pt").is_file() else None
+    path = Path(resume)
+    path = path / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def resume_config(resume: str, out: Path, overrides: dict[str, Any]) -> TrainConfig | None:
+    """The saved config of the run to resume, with explicit command-line overrides applied."""
+    path = resume_path(resume, out)
+    if path is None:
+        return None
+    saved = load_checkpoint(path).get("config")
+    if not saved:
+        raise ValueError(f"{path} holds no training config to resume")
+    return apply_overrides(config_from_dict(saved), overrides)
+
+
+def _keep_metrics(path: Path, epochs: int) -> None:
+    """Drop metric lines past the resumed epoch (they belong to the interrupted attempt)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line and json.loads(line)["epoch"] <= epochs]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every generator; in deterministic mode also forbid non-deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state as plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
