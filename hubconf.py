@@ -54,7 +54,7 @@ def _build(name: str, weights: str | os.PathLike | None, overrides: dict[str, An
         overrides = {"num_classes": num_classes, **overrides}
     model = create_model(name, **overrides)
     load_weights(model, state, strict=True)
-    return model.eval()
+    return model
 
 
 def _entry(name: str):

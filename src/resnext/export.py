@@ -115,6 +115,8 @@ def export_model(
     out = Path(out)
     if fmt == "exported-program" and out.suffix != ".pt2":
         raise ValueError(f"exported programs are .pt2 files (torch.export.load), got {out.name}")
+    if fmt == "safetensors" and out.suffix != ".safetensors":
+        raise ValueError(f"safetensors files end in .safetensors, got {out.name}")
     model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     example = example_input(model, size, EXPORT_BATCH)

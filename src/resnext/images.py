@@ -49,14 +49,14 @@ def read_image(path: Path, transform) -> Tensor:
 
 def batched_images(
     paths: Sequence[Path], transform, batch_size: int
-) -> Iterator[tuple[list[Path], Tensor | None, list[tuple[Path, str]]]]:
-    """Batches of (paths read, their tensors, (path, reason) of files that could not be read)."""
+) -> Iterator[tuple[list[Path], Tensor | None, dict[Path, str]]]:
+    """Batches of (paths, tensors of the readable ones in order, {unreadable path: reason})."""
     for start in range(0, len(paths), batch_size):
-        ok, tensors, failed = [], [], []
-        for path in paths[start : start + batch_size]:
+        chunk = list(paths[start : start + batch_size])
+        tensors, failed = [], {}
+        for path in chunk:
             try:
                 tensors.append(read_image(path, transform))
-                ok.append(path)
             except (OSError, ValueError) as e:  # PIL: missing, truncated, not an image
-                failed.append((path, str(e).splitlines()[0] if str(e) else type(e).__name__))
-        yield ok, (torch.stack(tensors) if tensors else None), failed
+                failed[path] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        yield chunk, (torch.stack(tensors) if tensors else None), failed

@@ -30,14 +30,17 @@ def predict_images(
     """
     transform = eval_transform(preprocessing)
     model.eval()
-    for ok, batch, failed in batched_images(list_images(paths), transform, batch_size):
-        for path, reason in failed:
-            yield {"path": str(path), "error": reason}
-        if batch is None:
-            continue
-        probs = model(batch).softmax(dim=1)
-        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
-        for path, v, i in zip(ok, values.tolist(), indices.tolist()):
+    for chunk, batch, failed in batched_images(list_images(paths), transform, batch_size):
+        rows = iter([])
+        if batch is not None:
+            probs = model(batch).softmax(dim=1)
+            values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+            rows = zip(values.tolist(), indices.tolist())
+        for path in chunk:
+            if path in failed:
+                yield {"path": str(path), "error": failed[path]}
+                continue
+            v, i = next(rows)
             top = [
                 {"class": class_names[j] if class_names else str(j), "index": j, "prob": p}
                 for p, j in zip(v, i)

@@ -240,7 +240,7 @@ def save_weights_file(path: str | os.PathLike, payload: Mapping[str, Any]) -> Pa
 def load_model_file(path: str | os.PathLike) -> tuple[ResNeXt, dict[str, Any]]:
     """The model a resnext checkpoint (.pt or .safetensors) describes, in eval mode, and the file."""
     ckpt = read_weights_file(path)
-    if "spec" not in ckpt:
+    if not ckpt.get("spec"):
         raise WeightsError(
             f"{path} has weights but no model spec; make a checkpoint of it with `resnext convert`"
         )

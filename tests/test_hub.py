@@ -1,0 +1,37 @@
+"""torch.hub: every registered model has an entry point; weights from a file or a URL."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from resnext import create_model, list_models, save_safetensors
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def test_every_registered_model_has_an_entry_point():
+    spec = importlib.util.spec_from_file_location("hubconf", Path(REPO) / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert all(callable(getattr(hubconf, name, None)) for name in list_models())
+    assert "torch" in hubconf.dependencies
+
+
+def test_hub_load_random_and_from_file_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the URL's download cache
+    model = torch.hub.load(REPO, "resnext29_1x64d", source="local", trust_repo=True)
+    assert model.spec.cardinality == 1 and model.spec.num_classes == 10
+    src = create_model("resnext29_1x64d", num_classes=5, form="b").eval()
+    path = save_safetensors(tmp_path / "w.safetensors", src.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = src(x)
+    for weights in (str(path), path.as_uri()):
+        got = torch.hub.load(REPO, "resnext29_1x64d", source="local", weights=weights).eval()
+        assert got.spec.num_classes == 5  # the file's classifier size
+        with torch.no_grad():
+            assert (got(x) - want).abs().max() <= 1e-5
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / "w.safetensors").is_file()
