@@ -13,6 +13,7 @@ import torch
 from resnext.complexity import count_complexity
 from resnext.design import block_macs, design_width
 from resnext.model import build_model
+from resnext.runtime import allocator_tuning_wanted, tune_allocator
 from resnext.zoo import _TEMPLATES, ModelSpec, get_spec, list_models
 
 
@@ -208,6 +209,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UserError("no image could be read")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Time models against torchvision's, interleaved in one process (issue 6)."""
+    from pathlib import Path
+
+    from resnext.bench import BenchConfig, markdown, run_row
+
+    for flag in ("batch_size", "iters"):
+        if getattr(args, flag) < 1:
+            raise UserError(
+                f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
+            )
+    rows = []
+    for name in args.models.split(","):
+        get_spec(name)  # unknown names fail before any timing
+        cfg = BenchConfig(
+            name, args.mode, args.batch_size, args.precision, args.layout, args.compile,
+            args.form, args.input_size, args.warmup, args.iters, args.device,
+        )  # fmt: skip
+        rows.append(run_row(cfg))
+    print(markdown(rows), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="resnext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -284,6 +309,20 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("bench", help="images/s against torchvision in the same process")
+    p.add_argument("--models", default="resnext50_32x4d", help="comma-separated names")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], default="nhwc")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--form", choices=["a", "b", "c"], default="c")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -293,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "input_size", None) is not None and args.input_size < 1:
             raise UserError(f"--input-size must be positive, got {args.input_size}")
+        if allocator_tuning_wanted():  # issue 6: up to 2x faster eager CPU steps
+            tune_allocator()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except (UserError, ValueError) as e:
