@@ -45,7 +45,7 @@ class TrainConfig:
     download: bool = False
     in_memory: InMemory = "auto"
     # Optimisation.
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 0.1
     lr_batch: int = 64
@@ -270,9 +270,9 @@ CIFAR = TrainConfig(
 # CPU-sized: 8x8 grey digits, one block per stage; trains to >= 97% in about a minute.
 DIGITS = TrainConfig()
 
-# For tests: a handful of steps on a slice of digits.
+# For tests: a few steps on a slice of digits.
 TINY = dataclasses.replace(
-    DIGITS, recipe="tiny", epochs=2, batch_size=16, lr_batch=16, train_limit=64, val_limit=32
+    DIGITS, recipe="tiny", epochs=3, batch_size=16, train_limit=256, val_limit=64, workers=0
 )
 
 RECIPES: dict[str, TrainConfig] = {

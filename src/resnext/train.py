@@ -91,7 +91,7 @@ def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> di
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
-        lr = lr_at(cfg, t.step, steps_per_epoch)
+        lr = lr_at(cfg, epoch * steps_per_epoch, steps_per_epoch)  # at the epoch's first step
 
         def on_step(batch: int, sums: torch.Tensor, epoch: int = epoch) -> None:
             if cfg.checkpoint_steps and t.step % cfg.checkpoint_steps == 0:

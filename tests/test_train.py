@@ -1,0 +1,173 @@
+"""A run learns, writes its directory, resumes exactly, and works from the command line."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnext.engine
+from resnext.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from resnext.cli import main
+from resnext.config import resolve_config
+from resnext.model import build_model
+from resnext.train import train
+from resnext.transforms import normalize
+from resnext.zoo import ModelSpec
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+TIMING = ("images_per_second", "seconds")
+
+
+def test_short_run_learns_and_fills_the_run_directory(tmp_path):
+    result = train(resolve_config("tiny"), tmp_path / "run")
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json", "metrics.jsonl", "last.pt", "best.pt", "errors.png"
+    }  # fmt: skip
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    keys = {"epoch", "lr", "train_loss", "train_top1_error", "val_top1_error", "val_top5_error"}
+    assert keys | set(TIMING) <= set(rows[0])
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result["val_top1_error"] < 50  # chance is 90% error on 10 classes
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["epoch"] == 3
+    assert ckpt["preprocessing"] == {
+        "resize": 8, "crop": 8, "mean": [0.305], "std": [0.376], "interpolation": "bilinear"
+    }  # fmt: skip
+    assert ckpt["config"]["recipe"] == "tiny" and ckpt["spec"]["in_channels"] == 1
+    assert model_from_checkpoint(ckpt).fc.out_features == 10
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_run(a: Path, b: Path):
+    wa, wb = _weights(a / "last.pt"), _weights(b / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = [
+        [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+        for lines in ((d / "metrics.jsonl").read_text().splitlines() for d in (a, b))
+    ]
+    assert rows[0] == rows[1]
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    """2 epochs straight == stopped (after epoch 1, or inside epoch 2) + resumed."""
+    cfg = resolve_config("tiny", {"epochs": 2, "deterministic": True, "train_limit": 64})
+    train(cfg, tmp_path / "straight")
+    real = resnext.engine.train_step
+    for name, crash_at, step_ckpt, batch in (("epoch", 5, 0, 0), ("step", 6, 1, 1)):
+        calls = []
+
+        def crashing(*args, calls=calls, crash_at=crash_at, **kwargs):
+            calls.append(1)
+            if len(calls) == crash_at:  # 4 steps per epoch
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        run = tmp_path / name
+        monkeypatch.setattr(resnext.engine, "train_step", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run)
+        ckpt = load_checkpoint(run / "last.pt")
+        assert (ckpt["epoch"], ckpt["batch"]) == (1, batch)
+        monkeypatch.setattr(resnext.engine, "train_step", real)
+        train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run, resume="auto")
+        _assert_same_run(tmp_path / "straight", run)
+
+
+def test_cli_train_evaluate_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1", "--seed", "1"]
+    assert main([*args, "--set", "train_limit=32", "--set", "val_limit=16"]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {run}" in out and f"plot: {run / 'errors.png'}" in out
+    assert (
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 360 and 0 <= result["top1_error"] <= 100
+    assert result["top5_error"] <= result["top1_error"]
+    (run / "errors.png").unlink()
+    assert main(["plot", str(run)]) == 0
+    assert (run / "errors.png").stat().st_size > 0
+    # Resuming a finished run with more epochs continues it.
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "lrr=1"], "unknown config key 'lrr'"),
+        (["--set", "epochs=x"], "epochs expects int"),
+        (["--epochs", "x"], "invalid int value"),
+        (["--recipe", "nope"], "unknown recipe"),
+        (["--set", "precision=fp8"], "precision must be one of"),
+    ],
+)
+def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, capsys, args, message):
+    assert main(["train", "--out", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnext: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def _folder(root: Path) -> Path:
+    for c in ("cat", "dog", "ship"):
+        (root / "val" / c).mkdir(parents=True)
+        for j in range(3):
+            shutil.copy(SHARED / "test" / c / f"{j:04d}.jpg", root / "val" / c / f"{j}.jpg")
+    return root
+
+
+def _checkpoint(path: Path, spec: ModelSpec, crop: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.25, 0.25]
+    save_checkpoint(path, {
+        "model": model.state_dict(), "spec": spec.to_dict(), "model_name": None,
+        "class_names": ["cat", "dog", "ship"],
+        "preprocessing": {"resize": crop, "crop": crop, "mean": mean, "std": std,
+                          "interpolation": "bilinear"},
+    })  # fmt: skip
+    return model
+
+
+def test_evaluate_agrees_with_a_hand_count(tmp_path, capsys):
+    data = _folder(tmp_path / "data")
+    spec = ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, num_classes=3)
+    model = _checkpoint(tmp_path / "m.pt", spec, 32)
+    wrong = 0
+    for label, c in enumerate(("cat", "dog", "ship")):
+        for f in sorted((data / "val" / c).iterdir()):
+            x = torch.from_numpy(np.array(Image.open(f).convert("RGB")))
+            x = normalize(x.permute(2, 0, 1)[None], [0.5, 0.4, 0.3], [0.25] * 3)
+            wrong += int(model(x).argmax(1).item() != label)
+    base = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--dataset", "folder"]
+    assert main([*base, "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 9 and result["top1_error"] == pytest.approx(100 * wrong / 9)
+    assert result["top5_error"] == 0.0  # three classes: always in the top 5
+    assert main([*base, "--data", str(data), "--resize", "32", "--crop", "24", "--ten-crop"]) == 0
+    assert "9 images, resize 32, ten-crop 24" in capsys.readouterr().out
+
+
+def test_evaluate_320_crop(tmp_path, capsys):
+    data = _folder(tmp_path / "data")
+    spec = ModelSpec("imagenet", "bottleneck", (1, 1, 1, 1), 2, 4, num_classes=3)
+    _checkpoint(tmp_path / "m.pt", spec, 224)
+    args = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--dataset", "folder"]
+    assert main([*args, "--data", str(data), "--crop", "320", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["resize"], result["crop"], result["images"]) == (320, 320, 9)
+    assert main([*args, "--data", str(tmp_path), "--crop", "320"]) == 2
+    assert capsys.readouterr().err.startswith("resnext: error: no val or test folder")
