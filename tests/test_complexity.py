@@ -99,3 +99,11 @@ def test_design_keeps_block_cost_close() -> None:
     for c in (2, 4, 8, 16, 32, 64):
         # d is an integer, so the best match is within half a step of d: under 8% here.
         assert abs(block_macs(c, design_width(c)) / base - 1) < 0.08
+
+
+def test_design_for_a_narrow_template() -> None:
+    """With 16 first-stage planes the group width moves in steps of C: C=8 can only reach 15%."""
+    base = block_macs(1, 64, planes=16)
+    for c, tolerance in ((2, 0.01), (4, 0.01), (8, 0.15), (16, 0.08)):
+        d = design_width(c, planes=16)
+        assert abs(block_macs(c, d, planes=16) / base - 1) < tolerance

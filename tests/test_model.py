@@ -129,3 +129,11 @@ def test_init_follows_he_fan_out() -> None:
     w = model.layer3[0].conv2.weight  # [512, 16, 3, 3], grouped: fan-out 9 * 512
     assert abs(w.std().item() / (2 / (9 * 512)) ** 0.5 - 1) < 0.05
     assert (model.layer1[0].bn3.weight == 1).all() and (model.bn1.bias == 0).all()
+
+
+def test_narrow_network_keeps_the_shape() -> None:
+    model = build_model(tiny_spec(base_planes=16)).eval()
+    assert model.conv1.out_channels == 16 and model.num_features == 256
+    assert [f["num_chs"] for f in model.feature_info] == [64, 128, 256]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)

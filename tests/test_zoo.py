@@ -66,6 +66,8 @@ def test_spec_validation() -> None:
         ModelSpec(block="basic", cardinality=2)
     with pytest.raises(ValueError, match="base_width must be positive"):
         ModelSpec(cardinality=1, base_width=0)
+    with pytest.raises(ValueError, match="zero-width paths"):
+        ModelSpec(cardinality=4, base_width=3, base_planes=16)
 
 
 def test_registry_refuses_duplicates() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from resnext.blocks import bottleneck_width
 from resnext.complexity import count_complexity
 from resnext.design import block_macs, design_width
 from resnext.model import build_model
@@ -72,19 +73,21 @@ def cmd_design(args: argparse.Namespace) -> None:
         raise UserError(f"--depth must be one of {depths} (bottleneck templates), got {args.depth}")
     if args.cardinality < 1:
         raise UserError(f"--cardinality must be positive, got {args.cardinality}")
-    d = design_width(args.cardinality, args.baseline_width)
+    if args.base_planes < 1:
+        raise UserError(f"--base-planes must be positive, got {args.base_planes}")
+    d = design_width(args.cardinality, args.baseline_width, args.base_planes)
     template, block, depths = _TEMPLATES[args.depth]
-    spec = ModelSpec(template, block, depths, args.cardinality, d)
-    base = ModelSpec(template, block, depths, 1, args.baseline_width)
+    spec = ModelSpec(template, block, depths, args.cardinality, d, base_planes=args.base_planes)
+    base = ModelSpec(template, block, depths, 1, args.baseline_width, base_planes=args.base_planes)
     size = default_input_size(spec)
     full, ref = _meta_complexity(spec, size), _meta_complexity(base, size)
     result = {
         "depth": args.depth,
         "cardinality": args.cardinality,
         "d": d,
-        "group_width": args.cardinality * d,
-        "block_macs": block_macs(args.cardinality, d),
-        "baseline_block_macs": block_macs(1, args.baseline_width),
+        "group_width": bottleneck_width(args.base_planes, d, args.cardinality),
+        "block_macs": block_macs(args.cardinality, d, args.base_planes),
+        "baseline_block_macs": block_macs(1, args.baseline_width, args.base_planes),
         "params": full["params"],
         "macs": full["macs"],
         "baseline_params": ref["params"],
@@ -247,6 +250,7 @@ def build_parser() -> Parser:
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--cardinality", type=int, required=True)
     p.add_argument("--baseline-width", type=int, default=64, help="d of the C=1 baseline")
+    p.add_argument("--base-planes", type=int, default=64, help="first-stage planes (narrow nets)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_design)
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from resnext.blocks import BlockConfig, Bottleneck
+from resnext.blocks import BlockConfig, Bottleneck, bottleneck_width
 from resnext.complexity import count_complexity
-from resnext.zoo import STAGE_PLANES
+from resnext.zoo import BASE_PLANES
 
 BASELINE_WIDTH = 64  # ResNet's bottleneck width d for C = 1
 
 
-def block_macs(cardinality: int, base_width: int, size: int = 56) -> int:
-    """MACs of a first-stage bottleneck (256 in, 256 out), counted from the module on meta."""
+def block_macs(cardinality: int, base_width: int, planes: int = BASE_PLANES, size: int = 56) -> int:
+    """MACs of a first-stage bottleneck (4 * planes in and out), counted from the module on meta."""
     with torch.device("meta"):
-        block = Bottleneck(
-            4 * STAGE_PLANES[0], STAGE_PLANES[0], 1, BlockConfig(cardinality, base_width)
-        )
-    return count_complexity(block, (4 * STAGE_PLANES[0], size, size)).macs
+        block = Bottleneck(4 * planes, planes, 1, BlockConfig(cardinality, base_width))
+    return count_complexity(block, (4 * planes, size, size)).macs
 
 
-def design_width(cardinality: int, baseline_width: int = BASELINE_WIDTH) -> int:
+def design_width(
+    cardinality: int, baseline_width: int = BASELINE_WIDTH, planes: int = BASE_PLANES
+) -> int:
     """The d whose C-path block has the MACs closest to the C=1, d=`baseline_width` block.
 
     Blocks share one template at every depth (section 3.1: each stage doubles the width and
@@ -29,6 +29,6 @@ def design_width(cardinality: int, baseline_width: int = BASELINE_WIDTH) -> int:
     """
     if cardinality < 1:
         raise ValueError(f"cardinality must be positive, got {cardinality}")
-    target = block_macs(1, baseline_width)
-    candidates = range(1, 2 * baseline_width + 1)
-    return min(candidates, key=lambda d: (abs(block_macs(cardinality, d) - target), d))
+    target = block_macs(1, baseline_width, planes)
+    candidates = [d for d in range(1, 2 * baseline_width + 1) if bottleneck_width(planes, d, 1) > 0]
+    return min(candidates, key=lambda d: (abs(block_macs(cardinality, d, planes) - target), d))

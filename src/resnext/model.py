@@ -50,20 +50,21 @@ class ResNeXt(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
+        stem = spec.base_planes
         if spec.template == "imagenet":
-            self.conv1 = nn.Conv2d(spec.in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(spec.in_channels, stem, 7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
         else:
-            self.conv1 = conv3x3(spec.in_channels, 64)
+            self.conv1 = conv3x3(spec.in_channels, stem)
             self.maxpool = nn.Identity()
-        self.bn1 = norm(64)
+        self.bn1 = norm(stem)
         self.relu = nn.ReLU(inplace=True)
         init_conv_(self.conv1)
         init_norm_(self.bn1)
 
         expansion = block_class(spec).expansion
         self.num_stages = len(spec.depths)
-        in_channels = 64
+        in_channels = stem
         for i in range(4):
             # CIFAR has three stages; an empty layer4 keeps forward() scriptable and adds no keys.
             stage = make_stage(spec, i, in_channels) if i < self.num_stages else nn.Identity()

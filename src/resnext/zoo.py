@@ -6,13 +6,13 @@ import difflib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
-from resnext.blocks import Form, Shortcut
+from resnext.blocks import Form, Shortcut, bottleneck_width
 
 Template = Literal["imagenet", "cifar"]
 BlockKind = Literal["basic", "bottleneck"]
 
 # Stage widths ("planes") double at every downsampling: rule 2 of section 3.1.
-STAGE_PLANES = (64, 128, 256, 512)
+BASE_PLANES = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class ModelSpec:
         stride_in_1x1: put the stride on the first 1x1 conv instead of the 3x3 (the paper: 3x3).
         zero_init_residual: start every block's last BN gamma at zero.
         residual: False removes the shortcuts (the "plain" ablation of section 5.1).
+        base_planes: stem width and planes of the first stage (64 in the paper); smaller
+            values give narrow networks of the same shape, e.g. for CPU studies.
     """
 
     template: Template = "imagenet"
@@ -47,6 +49,7 @@ class ModelSpec:
     stride_in_1x1: bool = False
     zero_init_residual: bool = False
     residual: bool = True
+    base_planes: int = BASE_PLANES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depths", tuple(self.depths))
@@ -55,16 +58,21 @@ class ModelSpec:
         stages = 4 if self.template == "imagenet" else 3
         if len(self.depths) != stages or min(self.depths) < 1:
             raise ValueError(f"the {self.template} template needs {stages} positive stage depths")
-        for name in ("cardinality", "base_width", "num_classes", "in_channels"):
+        for name in ("cardinality", "base_width", "num_classes", "in_channels", "base_planes"):
             if getattr(self, name) < (0 if name == "num_classes" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.block == "basic" and (self.cardinality, self.base_width, self.form) != (1, 64, "c"):
             raise ValueError("basic blocks support only cardinality=1, base_width=64, form='c'")
+        if bottleneck_width(self.base_planes, self.base_width, 1) == 0:
+            raise ValueError(
+                f"base_width={self.base_width} with base_planes={self.base_planes} gives "
+                "zero-width paths: int(base_planes * base_width / 64) must be at least 1"
+            )
 
     @property
     def planes(self) -> tuple[int, ...]:
         """Per-stage planes; the block output is planes * expansion."""
-        return STAGE_PLANES[: len(self.depths)]
+        return tuple(self.base_planes * 2**i for i in range(len(self.depths)))
 
     @property
     def depth(self) -> int:
@@ -150,7 +158,7 @@ _TABLE: dict[str, tuple[int, int, int]] = {
 }
 
 # Fields a name fixes; overriding one of them with another value contradicts the name.
-ARCH_FIELDS = ("template", "block", "depths", "cardinality", "base_width")
+ARCH_FIELDS = ("template", "block", "depths", "cardinality", "base_width", "base_planes")
 
 
 def _row_spec(depth: int, cardinality: int, base_width: int) -> ModelSpec:

@@ -1,0 +1,101 @@
+"""The standard speed matrix of issue 6, written to docs/performance.md (and JSON beside it).
+
+    python benchmarks/matrix.py                 # CPU rows (about 30-40 min on 2 cores)
+    python benchmarks/matrix.py --quick         # small batch and few iterations, for a smoke run
+    python benchmarks/matrix.py --device cuda   # GPU rows: AMP, channels_last, compile
+
+Every row times our model and torchvision's twin (same weights, same input) interleaved in this
+process. The eager rows are run twice, with glibc's allocator defaults and with the tuned
+setting, to show what the allocator alone is worth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from resnext.bench import BenchConfig, markdown, run_row
+from resnext.runtime import tune_allocator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_rows(batch: int, iters: int) -> list[tuple[str, BenchConfig, bool]]:
+    """(label, config, tuned allocator) for the CPU matrix."""
+    infer = BenchConfig("resnext50_32x4d", "infer", batch, iters=iters, layout="nchw")
+    train = BenchConfig("resnext50_32x4d", "train", batch, iters=iters, layout="nchw")
+    cifar = BenchConfig("resnext29_2x64d", "train", 4 * batch, iters=iters, layout="nchw")
+    return [
+        ("eager, glibc defaults", infer, False),
+        ("eager, tuned allocator", infer, True),
+        ("BN folded + channels_last", replace(infer, layout="nhwc"), True),
+        ("compile + freezing + channels_last", replace(infer, layout="nhwc", compile=True), True),
+        ("same in bf16", replace(infer, layout="nhwc", compile=True, precision="bf16"), True),
+        ("form b (eager)", replace(infer, form="b"), True),
+        ("form a (eager)", replace(infer, form="a"), True),
+        ("train eager", train, True),
+        ("train channels_last", replace(train, layout="nhwc"), True),
+        ("train channels_last + bf16", replace(train, layout="nhwc", precision="bf16"), True),
+        ("CIFAR ResNeXt-29 2x64d train", cifar, True),
+        ("same, channels_last + bf16", replace(cifar, layout="nhwc", precision="bf16"), True),
+    ]
+
+
+def gpu_rows(batch: int, iters: int) -> list[tuple[str, BenchConfig, bool]]:
+    """Training and inference at the best GPU settings for the two reference models."""
+    rows = []
+    for name in ("resnext50_32x4d", "resnext101_32x4d"):
+        base = BenchConfig(name, "train", batch, "bf16", "nhwc", True, iters=iters, device="cuda")
+        rows.append((f"{name} train AMP bf16 + compile", base, True))
+        rows.append((f"{name} infer bf16 + compile", replace(base, mode="infer"), True))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny batch and iterations")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        plan = gpu_rows(8 if args.quick else 256, 3 if args.quick else 20)
+    else:
+        plan = cpu_rows(4 if args.quick else 32, 2 if args.quick else 8)
+    rows = []
+    for label, cfg, tuned in plan:
+        tune_allocator(tuned)
+        if args.quick:
+            cfg = replace(
+                cfg, warmup=1, input_size=64 if cfg.input_size is None else cfg.input_size
+            )
+        t = time.time()
+        row = run_row(cfg) | {"label": label, "tuned_allocator": tuned}
+        print(f"{label}: {row['images_per_s']:.1f} img/s, {row['ratio']:.2f}x "
+              f"({time.time() - t:.0f} s)", flush=True)  # fmt: skip
+        rows.append(row)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    labels = "\n".join(f"{i + 1}. {r['label']}" for i, r in enumerate(rows))
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.write_text(
+        f"# Performance\n\nMeasured {time.strftime('%Y-%m-%d')} on {machine}, torch "
+        f"{torch.__version__}, with `python benchmarks/matrix.py"
+        f"{' --device cuda' if args.device == 'cuda' else ''}{' --quick' if args.quick else ''}`."
+        f"\nRatios are against torchvision eager fp32 NCHW measured in the same run.\n\n"
+        f"{table}\nRows in order:\n\n{labels}\n"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
