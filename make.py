@@ -47,7 +47,8 @@ def main() -> None:
         sys.exit(f"usage: python3 make.py demo|test (got {target!r})")
     ensure_env()
     if target == "demo":
-        run(str(BIN / "resnext"), "info", *extra)
+        # The main job (issue 3): train the `digits` recipe on the CPU, print accuracy, run dir, plot.
+        run(str(BIN / "resnext"), "train", "--recipe", "digits", "--out", "runs/digits", *extra)
     else:
         run(str(BIN / "ruff"), "check", "src", "tests", "make.py")
         run(str(BIN / "ruff"), "format", "--check", "src", "tests", "make.py")

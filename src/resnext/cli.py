@@ -125,8 +125,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = train(cfg or resolve_config(args.recipe, overrides), out, args.resume)
     if rank0:
         err = result["val_top1_error"]
-        print(f"val top-1 error {err:.2f}% (accuracy {100 - err:.2f}%), "
-              f"top-5 error {result['val_top5_error']:.2f}%")  # fmt: skip
+        print(f"test accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
+              f"top-5 error {result['val_top5_error']:.2f}%, held-out split)")  # fmt: skip
         print(f"run directory: {out}")
         print(f"plot: {out / 'errors.png'}")
 
