@@ -1,5 +1,7 @@
 """Datasets read into the same in-memory form; batches do not depend on the world size."""
 
+import json
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -7,8 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from resnext.data import eval_indices, load_dataset, train_indices
+from resnext.cli import main
+from resnext.data import (
+    BadImageError,
+    ImageSet,
+    eval_batches,
+    eval_indices,
+    load_dataset,
+    train_indices,
+)
 from resnext.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
@@ -134,3 +145,95 @@ def test_mix_gives_soft_targets():
     for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
         xm, t = mix(x, y, 4, mixup, cutmix, torch.Generator().manual_seed(1))
         assert xm.shape == x.shape and torch.allclose(t.sum(1), torch.ones(8))
+
+
+def add_broken_files(root: Path) -> dict[str, Path]:
+    """Real broken files next to the good ones, and valid images in other colour modes."""
+    cat, dog = root / "train" / "cat", root / "train" / "dog"
+    good = (cat / "0.jpg").read_bytes()
+    bad = {
+        "truncated": cat / "t.jpg",
+        "zero_byte": cat / "z.jpg",
+        "not_an_image": dog / "notes.jpg",
+        "other_suffix": dog / "labels.txt",
+    }
+    bad["truncated"].write_bytes(good[: len(good) // 2])
+    bad["zero_byte"].write_bytes(b"")
+    bad["not_an_image"].write_text("not a JPEG\n")
+    bad["other_suffix"].write_text("cat dog\n")
+    image = Image.open(cat / "0.jpg")
+    image.convert("CMYK").save(dog / "cmyk.jpg")
+    image.convert("L").save(dog / "grey.png")
+    image.convert("RGBA").save(dog / "rgba.png")
+    return bad
+
+
+def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
+    bad = add_broken_files(make_folder(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="resnext.data"):
+        train = load_dataset("folder", str(tmp_path), "train")
+    assert len(train) == 6 + 3 and train.images.shape[1:] == (3, 32, 32)  # modes converted
+    assert train.bad == {str(p) for p in bad.values()}
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records) == sorted(
+        f"skipping bad image {p}" for p in bad.values()
+    )
+    # Large-image sets read files per batch: the same files are skipped, each warned once.
+    caplog.clear()
+    files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
+    with caplog.at_level(logging.WARNING, logger="resnext.data"):
+        for _ in range(2):
+            n = sum(
+                len(y) for _, y in eval_batches(files, 4, (32, 32, False), [0.5] * 3, [0.2] * 3)
+            )
+            assert n == 9
+    assert files.bad == {str(p) for p in bad.values()} and len(caplog.records) == len(bad)
+    # Listing meets the non-image suffix before any decoding.
+    with pytest.raises(BadImageError, match=f"bad image {bad['other_suffix']}: not an image"):
+        load_dataset("folder", str(tmp_path), "train", bad_images="error")
+
+
+def test_bad_images_count_in_metrics_and_error_mode_names_the_file(tmp_path, capsys):
+    bad = add_broken_files(make_folder(tmp_path / "data"))
+    args = ["train", "--recipe", "tiny", "--dataset", "folder", "--data", str(tmp_path / "data"),
+            "--epochs", "1", "--batch-size", "4", "--set", "train_size=32",
+            "--set", "eval_resize=32", "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5",
+            "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert metrics["bad_images"] == len(bad)
+    capsys.readouterr()
+    bad.pop("other_suffix").unlink()  # then the truncated JPEG is the first bad file
+    assert main([*args, "--out", str(tmp_path / "strict"), "--bad-images", "error"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnext: error: bad image ") and str(bad["truncated"]) in err
+    assert err.count("\n") == 1 and not (tmp_path / "strict").exists()
+
+
+def test_empty_class_and_empty_folder_fail_before_training(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "train" / "zebra").mkdir()
+    with pytest.raises(ValueError, match="class folder .*train/zebra holds no readable images"):
+        load_dataset("folder", str(tmp_path), "train")
+    for c in ("cat", "dog", "ship"):
+        shutil.rmtree(tmp_path / "val" / c)
+    (tmp_path / "val" / "cat").mkdir()
+    with pytest.raises(ValueError, match="no readable images in .*val/<class>/"):
+        load_dataset("folder", str(tmp_path), "val")
+    shutil.rmtree(tmp_path / "val" / "cat")
+    shutil.copy(SHARED / "test" / "cat" / "0000.jpg", tmp_path / "val" / "0.jpg")
+    with pytest.raises(ValueError, match="no class folders in .*val"):
+        load_dataset("folder", str(tmp_path), "val")
+
+
+def test_limits_spread_over_the_classes():
+    digits = load_dataset("digits", "", "train")
+    part = digits.subset(50)
+    assert torch.bincount(part.labels).tolist() == [5] * 10
+    assert torch.equal(part.labels, digits.subset(50).labels)  # deterministic
+    assert not torch.equal(part.images, digits.subset(50, seed=1).images)
+    # Sorted class folders: the first N files would all be airplanes.
+    labels = torch.arange(3000) // 300
+    data = ImageSet([str(i) for i in range(10)], labels, paths=[Path(f"{i}") for i in range(3000)])
+    part = data.subset(25)
+    assert torch.bincount(part.labels).tolist() == [3] * 5 + [2] * 5
+    assert all(int(str(p)) // 300 == y for p, y in zip(part.paths, part.labels.tolist()))

@@ -115,9 +115,17 @@ def cmd_train(args: argparse.Namespace) -> None:
              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}  # fmt: skip
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides |= {"deterministic": True} if args.deterministic else {}
+    overrides |= {"bad_images": args.bad_images} if args.bad_images else {}
     overrides |= parse_set(args.set)
     if args.out is None and args.resume in (None, "auto"):
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.out and args.resume not in (None, "auto"):
+        run = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        if run.resolve() != Path(args.out).resolve():
+            raise UserError(
+                f"--resume {args.resume} and --out {args.out} name different run directories; "
+                "a run continues in its own directory (give one of them)"
+            )
     out = Path(args.out or args.resume)
     rank0 = os.environ.get("RANK", "0") == "0"
     _log_to_stderr(rank0)
@@ -138,6 +146,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for name in ("resize", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.workers < 0:
+        raise UserError(f"--workers must not be negative, got {args.workers}")
     _log_to_stderr(True)
     r = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.data, args.resize, args.crop, args.ten_crop,
@@ -268,6 +278,8 @@ def build_parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (see config.json of a run)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its last.pt")
+    p.add_argument("--bad-images", choices=["skip", "error"],
+                   help="unreadable image files: skip with a warning (default) or stop")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1 / top-5 error of a checkpoint")
@@ -331,7 +343,15 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `resnext` console script."""
+    """Entry point of the `resnext` console script.
+
+    Exit status: 0 done; 2 a mistake in the command line or its inputs (arguments, data,
+    checkpoint files); 1 the run failed (non-finite loss, an I/O error such as a full disk);
+    128 + signal (143 SIGTERM, 130 SIGINT) stopped on request after saving a checkpoint.
+    """
+    from resnext.engine import NonFiniteLoss
+    from resnext.stopping import TrainingStopped
+
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "input_size", None) is not None and args.input_size < 1:
@@ -340,12 +360,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_allocator()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
-    except (UserError, ValueError) as e:
+    except TrainingStopped as e:
+        print(f"resnext: {e}; continue with --resume", file=sys.stderr)
+        return e.exit_status
+    except (UserError, ValueError, NonFiniteLoss, OSError) as e:
         if os.environ.get("RESNEXT_DEBUG"):
             raise
-        print(f"resnext: error: {e}", file=sys.stderr)
-        return 2
+        print(f"resnext: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (UserError, ValueError)) else 1
+    except KeyboardInterrupt:
+        print("resnext: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["sgd", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 InMemory = Literal["auto", "yes", "no"]
+BadImages = Literal["skip", "error"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +45,7 @@ class TrainConfig:
     data: str = ""
     download: bool = False
     in_memory: InMemory = "auto"
+    bad_images: BadImages = "skip"  # unreadable files: skip with a warning, or stop (issue 7)
     # Optimisation.
     epochs: int = 15
     batch_size: int = 64
@@ -90,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     checkpoint_steps: int = 0
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     log_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -101,6 +104,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("train_limit", "val_limit", "workers", "checkpoint_steps", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.eval_resize < self.eval_crop:
             raise ValueError(f"eval_resize ({self.eval_resize}) is smaller than eval_crop")
         if len(self.mean) != len(self.std):

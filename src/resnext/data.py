@@ -8,11 +8,12 @@ slice, so a run sees the same batches whatever the number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,27 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 SMALL_IMAGE = 64  # in_memory="auto" decodes into memory when images are at most this size
+# What PIL raises for a zero-byte, truncated or non-image file (issue 7).
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """An unreadable image file while bad_images="error"."""
 
 
 @dataclass
 class ImageSet:
-    """Labelled images: decoded uint8 `images` (N, C, H, W) in memory, or file `paths`."""
+    """Labelled images: decoded uint8 `images` (N, C, H, W) in memory, or file `paths`.
+
+    `bad` holds the unreadable files met so far (skipped, or fatal when `on_bad` is "error").
+    """
 
     classes: list[str]
     labels: Tensor
     images: Tensor | None = None
     paths: list[Path] | None = None
+    bad: set[str] = field(default_factory=set)
+    on_bad: str = "skip"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,17 +64,33 @@ class ImageSet:
     def channels(self) -> int:
         return 3 if self.images is None else self.images.shape[1]
 
-    def subset(self, limit: int) -> ImageSet:
-        """The first `limit` images (all of them for 0)."""
+    def subset(self, limit: int, seed: int = 0) -> ImageSet:
+        """`limit` images spread evenly over the classes, a seeded choice (all for 0).
+
+        The first N files of a class-folder dataset would all be of the first class (issue 7).
+        """
         if not limit or limit >= len(self):
             return self
-        images = None if self.images is None else self.images[:limit]
-        paths = None if self.paths is None else self.paths[:limit]
-        return ImageSet(self.classes, self.labels[:limit], images, paths)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        labels = self.labels[order].cpu()
+        rank = torch.empty_like(labels)  # position of each image among its class's images
+        for c in labels.unique():
+            where = (labels == c).nonzero().squeeze(1)
+            rank[where] = torch.arange(len(where))
+        # Round robin: the first image of every class, then the second of every class, ...
+        keep = order[(rank * len(self.classes) + labels).argsort()[:limit]].sort().values
+        images = None if self.images is None else self.images[keep]
+        paths = None if self.paths is None else [self.paths[i] for i in keep.tolist()]
+        return dataclasses.replace(self, labels=self.labels[keep], images=images, paths=paths)
 
 
 def load_dataset(
-    name: str, root: str, split: str, in_memory: str = "auto", download: bool = False
+    name: str,
+    root: str,
+    split: str,
+    in_memory: str = "auto",
+    download: bool = False,
+    bad_images: str = "skip",
 ) -> ImageSet:
     """Load `split` ("train" or "val") of a dataset by its `--dataset` name."""
     if split not in ("train", "val"):
@@ -72,7 +100,7 @@ def load_dataset(
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, split, download)
     if name == "folder":
-        return load_folder(root, split, in_memory)
+        return load_folder(root, split, in_memory, bad_images)
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -128,46 +156,95 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="latin1")
 
 
-def load_folder(root: str, split: str, in_memory: str = "auto") -> ImageSet:
-    """`root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), ImageNet style."""
+def load_folder(
+    root: str, split: str, in_memory: str = "auto", bad_images: str = "skip"
+) -> ImageSet:
+    """`root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), ImageNet style.
+
+    Unreadable files are skipped with one warning each, or fatal with bad_images="error"; small
+    images are checked here (they are decoded now), large ones when a batch first reads them.
+    """
     names = ["train"] if split == "train" else ["val", "test"]
     base = next((Path(root) / n for n in names if (Path(root) / n).is_dir()), None)
     if not root or base is None:
         raise ValueError(f"no {' or '.join(names)} folder in {root!r}")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
+    data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images)
     paths, labels = [], []
     for i, c in enumerate(classes):
-        files = sorted(p for p in (base / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        paths += files
-        labels += [i] * len(files)
-    if not paths:
-        raise ValueError(f"no images in {base}/<class>/")
-    data = ImageSet(classes, torch.tensor(labels, dtype=torch.int64), paths=paths)
-    if in_memory == "yes" or (in_memory == "auto" and _is_small(paths[0])):
-        data = ImageSet(classes, data.labels, _decode_all(paths))
+        for p in sorted(f for f in (base / c).iterdir() if not f.name.startswith(".")):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                paths.append(p)
+                labels.append(i)
+            else:
+                note_bad(data, str(p), "not an image file")
+    data.labels, data.paths = torch.tensor(labels, dtype=torch.int64), paths
+    if in_memory == "yes" or (in_memory == "auto" and _is_small(data)):
+        data.images, kept = _decode_all(data)
+        data.labels, data.paths = data.labels[kept], None
+    counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if len(empty) == len(classes):
+        raise ValueError(f"no readable images in {base}/<class>/")
+    if empty:
+        raise ValueError(f"class folder {base / empty[0]} holds no readable images")
     return data
 
 
-def _is_small(path: Path) -> bool:
-    with Image.open(path) as im:
-        return max(im.size) <= SMALL_IMAGE
+def note_bad(data: ImageSet, path: str, reason: str) -> None:
+    """Skip an unreadable file with one warning, or raise if `data.on_bad` is "error"."""
+    if data.on_bad == "error":
+        raise BadImageError(f"bad image {path}: {reason} (bad_images=skip skips such files)")
+    if path not in data.bad:
+        data.bad.add(path)
+        log.warning("skipping bad image %s: %s", path, reason)
 
 
-def _decode_all(paths: list[Path]) -> Tensor:
+def _reason(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0] or type(e).__name__
+
+
+def _is_small(data: ImageSet) -> bool:
+    """Whether the first readable image is small enough to hold the set in memory."""
+    for p in data.paths or []:
+        try:
+            with Image.open(p) as im:
+                return max(im.size) <= SMALL_IMAGE
+        except BAD_IMAGE_ERRORS as e:
+            note_bad(data, str(p), _reason(e))
+    return False
+
+
+def _decode_all(data: ImageSet) -> tuple[Tensor, Tensor]:
+    """Every readable image as uint8 (N, C, H, W), and the indices of those read."""
+    paths = data.paths or []
     log.info("decoding %d images into memory", len(paths))
-    first = np.asarray(open_rgb(paths[0]))
-    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    out, kept = None, []
     for i, p in enumerate(paths):
-        arr = np.asarray(open_rgb(p))
-        if arr.shape != first.shape:
-            raise ValueError(f"{p} is {arr.shape[:2]}, not {first.shape[:2]}; set in_memory=no")
-        out[i] = arr
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        try:
+            arr = np.asarray(open_rgb(p))
+        except BAD_IMAGE_ERRORS as e:
+            note_bad(data, str(p), _reason(e))
+            continue
+        if out is None:
+            out = np.empty((len(paths), *arr.shape), dtype=np.uint8)
+        if arr.shape != out.shape[1:]:
+            raise ValueError(f"{p} is {arr.shape[:2]}, not {out.shape[1:3]}; set in_memory=no")
+        out[len(kept)] = arr
+        kept.append(i)
+    if out is None:
+        out = np.empty((0, 1, 1, 3), dtype=np.uint8)
+    images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(kept, dtype=torch.int64)
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file as RGB."""
+    """Decode an image file as RGB (greyscale, CMYK, palette and RGBA files are converted)."""
     with Image.open(path) as im:
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # PIL warns on palette -> RGB with transparency
         return im.convert("RGB")
 
 
@@ -195,7 +272,10 @@ def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[Tens
 
 
 class PerImage(torch.utils.data.Dataset):
-    """One image at a time through `transform`, seeded by (seed, epoch, index) for resume."""
+    """One image at a time through `transform`, seeded by (seed, epoch, index) for resume.
+
+    An unreadable file gives `(None, label, (path, reason))`; `collate_readable` drops it.
+    """
 
     def __init__(self, data: ImageSet, transform: Callable, seed: int | None = None) -> None:
         self.data, self.transform, self.seed = data, transform, seed
@@ -204,27 +284,43 @@ class PerImage(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Tensor | None, int, tuple[str, str] | None]:
         if self.seed is not None:
             torch.manual_seed((self.seed * 100_003 + self.epoch) * 10_000_019 + i)
-        image = (
-            self.data.images[i] if self.data.images is not None else open_rgb(self.data.paths[i])
-        )
-        return self.transform(image), int(self.data.labels[i])
+        label = int(self.data.labels[i])
+        if self.data.images is not None:
+            return self.transform(self.data.images[i]), label, None
+        try:
+            image = open_rgb(self.data.paths[i])
+        except BAD_IMAGE_ERRORS as e:
+            return None, label, (str(self.data.paths[i]), _reason(e))
+        return self.transform(image), label, None
+
+
+def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str, str]]]:
+    """Stack the readable images of a batch; list the unreadable ones."""
+    good = [(x, y) for x, y, bad in items if bad is None]
+    x = torch.stack([x for x, _ in good]) if good else None
+    y = torch.tensor([y for _, y in good], dtype=torch.int64)
+    return x, y, [bad for _, _, bad in items if bad is not None]
 
 
 def loader(
     dataset: PerImage, batches: list[Tensor], workers: int, pin: bool
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """A DataLoader over precomputed index batches."""
-    return iter(
-        torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=[b.tolist() for b in batches],
-            num_workers=workers,
-            pin_memory=pin,
-        )
+    """A DataLoader over precomputed index batches; unreadable files are noted and left out."""
+    it = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=workers,
+        pin_memory=pin,
+        collate_fn=collate_readable,
     )
+    for x, y, bad in it:
+        for path, reason in bad:
+            note_bad(dataset.data, path, reason)
+        if x is not None:
+            yield x, y
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:

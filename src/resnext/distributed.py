@@ -59,6 +59,13 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every process if `flag` is true on any (one process alone must not skip a step)."""
+    if not dist.is_initialized():
+        return flag
+    return all_sum([float(flag)], device)[0] > 0
+
+
 def barrier() -> None:
     """Wait for every process (after rank 0 wrote a file the others read)."""
     if dist.is_initialized():

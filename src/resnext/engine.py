@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from resnext.config import TrainConfig
 from resnext.data import step_generator
-from resnext.distributed import all_sum
+from resnext.distributed import all_sum, any_rank
 from resnext.optim import EMA, lr_at, set_lr
 from resnext.progress import Progress
 from resnext.transforms import mix
@@ -35,6 +35,11 @@ class Trainee:
     ema: EMA | None = None
     ddp: nn.Module | None = None
     step: int = 0
+    skipped: int = 0  # steps skipped for a non-finite loss (cfg.skip_nonfinite)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's loss was NaN or infinite and cfg.skip_nonfinite is off."""
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -49,9 +54,15 @@ def to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
 
 
 def train_step(t: Trainee, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
-    """One optimizer step over `accum_steps` micro-batches; returns [loss sum, wrong, images]."""
+    """One optimizer step over `accum_steps` micro-batches; returns [loss sum, wrong, images].
+
+    A non-finite loss raises NonFiniteLoss before the weights change, or with
+    cfg.skip_nonfinite leaves weights and BN statistics as they were and counts the step.
+    """
     device = next(t.raw.parameters()).device
     x, y = to_device(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+    # The forward pass moves BN running statistics: keep a copy to undo a skipped step.
+    buffers = [b.clone() for b in t.raw.buffers()] if cfg.skip_nonfinite else None
     stats = torch.zeros(3, device=device)
     for i, (xc, yc) in enumerate(zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps))):
         target = yc
@@ -69,6 +80,16 @@ def train_step(t: Trainee, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Ge
         stats += torch.stack(
             [loss.detach().float() * len(yc), wrong.float(), stats.new_tensor(len(yc))]
         )
+    # One sync per step: the check must come before the update (issue 7).
+    if any_rank(not torch.isfinite(stats[0]).item(), device):
+        t.optimizer.zero_grad(set_to_none=True)
+        t.step += 1
+        if buffers is None:
+            raise NonFiniteLoss(f"non-finite loss ({stats[0].item()}) at step {t.step}")
+        for b, saved in zip(t.raw.buffers(), buffers):
+            b.copy_(saved)
+        t.skipped += 1
+        return torch.zeros_like(stats)
     if cfg.clip_grad > 0:
         t.scaler.unscale_(t.optimizer)
         nn.utils.clip_grad_norm_(t.raw.parameters(), cfg.clip_grad)

@@ -1,7 +1,8 @@
 """`train(config, out)`: build, maybe resume, loop (train, evaluate, checkpoint), plot.
 
 A run directory holds config.json, metrics.jsonl (one JSON line per epoch), last.pt, best.pt
-and errors.png. Only rank 0 writes; every rank reads the checkpoint it resumes from.
+and errors.png. Only rank 0 writes; every rank reads the checkpoint it resumes from. A killed
+run loses at most the work since its last checkpoint; SIGTERM/SIGINT save one first (issue 7).
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.checkpoint import load_checkpoint, save_checkpoint
+from resnext.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from resnext.config import TrainConfig, apply_overrides, config_from_dict, save_config
 from resnext.data import ImageSet, eval_batches, load_dataset, train_batches
 from resnext.distributed import Context, all_sum, barrier, broadcast_buffers, setup, teardown
-from resnext.engine import Trainee, evaluate, train_one_epoch
+from resnext.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
 from resnext.model import build_model
 from resnext.optim import EMA, build_optimizer, lr_at
 from resnext.plot import plot_run
 from resnext.progress import Progress
+from resnext.stopping import StopSignals, TrainingStopped
 from resnext.zoo import get_spec
 
 log = logging.getLogger("resnext.train")
@@ -44,12 +51,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None) -
     """
     ctx = setup(cfg.device)
     try:
-        return _train(cfg, Path(out), resume_path(resume, Path(out)), ctx)
+        with StopSignals() as stop:
+            return _train(cfg, Path(out), resume_path(resume, Path(out)), ctx, stop)
     finally:
         teardown()
 
 
-def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context, stop: StopSignals
+) -> dict[str, Any]:
+    if ctx.main:
+        check_writable(out)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = _load_data(cfg, ctx)
     spec = get_spec(
@@ -64,11 +76,12 @@ def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> di
     steps_per_epoch = len(train_set) // cfg.batch_size
     start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
     if resume is not None:
-        start_epoch, start_batch, sums, best = _restore(t, load_checkpoint(resume), ctx)
+        start_epoch, start_batch, sums, best = _restore(t, load_checkpoint(resume), spec, ctx)
         log.info("resumed %s at epoch %d, batch %d", resume, start_epoch, start_batch)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
+        remove_stale_temporaries(out)  # left by a process killed while saving
         _keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
     log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
@@ -82,6 +95,7 @@ def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> di
             "batch": batch,
             "train_sums": sums,
             "best_val_top1_error": best,
+            "skipped_steps": t.skipped,
             "optimizer": t.optimizer.state_dict(),
             "scheduler": {"kind": cfg.schedule, "step": t.step},
             "scaler": t.scaler.state_dict(),
@@ -89,35 +103,58 @@ def _train(cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context) -> di
             "rng": rng_state(),
         }
 
+    saved = f"{out / 'last.pt'} (step {t.step})" if resume else "none"
+
+    def save(name: str, epoch: int, batch: int, metrics: dict | None, sums: list | None) -> None:
+        nonlocal saved
+        if not all(bool(p.isfinite().all()) for p in t.raw.parameters()):
+            raise NonFiniteLoss(f"non-finite weights at step {t.step}")  # never saved
+        save_checkpoint(out / name, payload(epoch, batch, metrics, sums))
+        if name == "last.pt":
+            saved = f"{out / name} (step {t.step})"
+
+    def stopped(epoch: int, batch: int) -> TrainingStopped:
+        where = f"epoch {epoch + 1}, step {batch}/{steps_per_epoch}" if batch else f"epoch {epoch}"
+        return TrainingStopped(stop.signum, f"stopped by {stop.name} after {where}; saved {saved}")
+
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         lr = lr_at(cfg, epoch * steps_per_epoch, steps_per_epoch)  # at the epoch's first step
 
         def on_step(batch: int, sums: torch.Tensor, epoch: int = epoch) -> None:
-            if cfg.checkpoint_steps and t.step % cfg.checkpoint_steps == 0:
+            stopping = stop.requested(ctx.device, ctx.world)
+            if stopping or (cfg.checkpoint_steps and t.step % cfg.checkpoint_steps == 0):
                 total = all_sum(sums.tolist(), ctx.device)
-                if ctx.main and batch < steps_per_epoch:
-                    save_checkpoint(out / "last.pt", payload(epoch, batch, None, total))
+                if ctx.main and (batch < steps_per_epoch or stopping):
+                    save("last.pt", epoch, batch, None, total)
+            if stopping:
+                raise stopped(epoch, batch)
 
         progress = Progress(
             steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps
         )
         batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world)
         metrics = {"epoch": epoch + 1, "lr": lr}
-        metrics |= train_one_epoch(
-            t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
-        )
+        try:
+            metrics |= train_one_epoch(
+                t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
+            )
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e} (epoch {epoch + 1}); last good checkpoint: {saved}") from None
         start_batch, sums = 0, None
         metrics |= _validate(t, val_set, cfg, ctx)
+        metrics |= {"bad_images": len(train_set.bad | val_set.bad), "skipped_steps": t.skipped}
         best = min(best, metrics["val_top1_error"])
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            save_checkpoint(out / "last.pt", payload(epoch + 1, 0, metrics, None))
+            save("last.pt", epoch + 1, 0, metrics, None)
             if metrics["val_top1_error"] <= best:
-                save_checkpoint(out / "best.pt", payload(epoch + 1, 0, metrics, None))
+                save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
         barrier()
+        if epoch + 1 < cfg.epochs and stop.requested(ctx.device, ctx.world):
+            raise stopped(epoch + 1, 0)
     if ctx.main:
         log.info("plot: %s", plot_run(out))
     return {**metrics, "best_val_top1_error": best}
@@ -127,7 +164,9 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets; in-memory images move to the device once."""
     sets = []
     for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit)):
-        data = load_dataset(cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download)
+        data = load_dataset(
+            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images
+        )
         data = data.subset(limit)
         if data.images is not None:
             data.images, data.labels = data.images.to(ctx.device), data.labels.to(ctx.device)
@@ -205,14 +244,22 @@ def _weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: li
     }
 
 
-def _restore(t: Trainee, ckpt: dict, ctx: Context) -> tuple[int, int, torch.Tensor | None, float]:
+def _restore(
+    t: Trainee, ckpt: dict, spec: Any, ctx: Context
+) -> tuple[int, int, torch.Tensor | None, float]:
     """Load training state for an exact continuation; returns (epoch, batch, sums, best)."""
+    theirs = ckpt.get("spec") or {}
+    differ = [k for k, v in spec.to_dict().items() if k in theirs and theirs[k] != v]
+    if differ or "optimizer" not in ckpt:
+        have = ", ".join(f"{k}={theirs[k]!r}" for k in differ) or "no training state"
+        want = ", ".join(f"{k}={getattr(spec, k)!r}" for k in differ) or "optimizer, step, rng"
+        raise CheckpointError(f"cannot resume: the checkpoint holds {have}; this run needs {want}")
     t.raw.load_state_dict(ckpt["model"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
     t.scaler.load_state_dict(ckpt["scaler"])
     if t.ema is not None and ckpt.get("ema") is not None:
         t.ema.module.load_state_dict(ckpt["ema"])
-    t.step = int(ckpt["step"])
+    t.step, t.skipped = int(ckpt["step"]), int(ckpt.get("skipped_steps", 0))
     set_rng_state(ckpt["rng"])
     sums = ckpt.get("train_sums")
     # Saved sums are already totals over ranks: rank 0 carries them, the others start at zero.
@@ -246,9 +293,25 @@ def resume_config(resume: str, out: Path, overrides: dict[str, Any]) -> TrainCon
 
 def _keep_metrics(path: Path, epochs: int) -> None:
     """Drop metric lines past the resumed epoch (they belong to the interrupted attempt)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line and json.loads(line)["epoch"] <= epochs]
+    kept = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line torn by a kill
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work if the run directory cannot be created or written."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create run directory {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the run directory {out}: {parent} is not writable")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -1,0 +1,225 @@
+"""Faults injected for real (issue 7): SIGKILL, SIGTERM and SIGINT of real training processes,
+non-finite losses. A killed run resumes with `--resume auto` and ends with the weights of an
+uninterrupted run; the previous checkpoint always loads.
+
+The subprocesses run one thread each: on 2 shared cores, threads spinning against other jobs
+make a step 10x slower, and one thread keeps every run on the same kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnext.checkpoint import load_checkpoint
+from resnext.cli import main
+from resnext.config import resolve_config
+from resnext.engine import NonFiniteLoss
+from resnext.train import train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# 2 epochs of 4 steps (64 images, batch 16), deterministic.
+ARGS = ["train", "--recipe", "tiny", "--epochs", "2", "--deterministic",
+        "--set", "train_limit=64", "--set", "val_limit=32"]  # fmt: skip
+
+# `resnext train` with pauses at chosen moments, so that a test can signal it there: before
+# step FAULT_PAUSE_STEP runs, or inside the FAULT_PAUSE_SAVE-th save of last.pt, after the
+# temporary file is written and before the rename. FAULT_STEP_DELAY slows every step.
+LAUNCHER = """
+import os, sys, time
+from pathlib import Path
+import resnext.checkpoint, resnext.engine
+from resnext.cli import main
+
+marker = Path(os.environ["FAULT_MARKER"])
+pause_step = int(os.environ.get("FAULT_PAUSE_STEP", "0"))
+pause_save = int(os.environ.get("FAULT_PAUSE_SAVE", "0"))
+nap = float(os.environ.get("FAULT_NAP", "600"))
+delay = float(os.environ.get("FAULT_STEP_DELAY", "0"))
+real_step, real_replace, saves = resnext.engine.train_step, os.replace, []
+
+def train_step(t, *args, **kwargs):
+    if t.step + 1 == pause_step:
+        marker.write_text(f"step {t.step + 1}")
+        time.sleep(nap)
+    time.sleep(delay)
+    return real_step(t, *args, **kwargs)
+
+def replace(src, dst):
+    if Path(dst).name == "last.pt":
+        saves.append(dst)
+        if len(saves) == pause_save:
+            marker.write_text(f"save {len(saves)}")
+            time.sleep(nap)
+    return real_replace(src, dst)
+
+resnext.engine.train_step = train_step
+resnext.checkpoint.os.replace = replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start(tmp: Path, run: Path, *extra: str, **fault: float) -> subprocess.Popen:
+    """A training process with fault hooks (see LAUNCHER)."""
+    (tmp / "launch.py").write_text(LAUNCHER)
+    (tmp / "marker").unlink(missing_ok=True)
+    env = ENV | {"FAULT_MARKER": str(tmp / "marker")}
+    env |= {k: str(v) for k, v in fault.items()}
+    cmd = [sys.executable, str(tmp / "launch.py"), *ARGS, "--out", str(run), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear in {timeout} s")
+        time.sleep(0.01)
+
+
+def kill(proc: subprocess.Popen, signum: int = signal.SIGKILL) -> tuple[int, str]:
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def resnext(*args: str) -> subprocess.CompletedProcess:
+    """The real console script."""
+    exe = Path(sys.executable).parent / "resnext"
+    proc = subprocess.run([str(exe), *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    """The final weights of the uninterrupted run."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    resnext(*ARGS, "--out", str(run))
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+def assert_weights(run: Path, expected: dict) -> None:
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0
+    assert all(torch.equal(ckpt["model"][k], expected[k]) for k in expected)
+
+
+def test_sigkill_mid_epoch_resumes_from_the_epoch_boundary_exactly(tmp_path, straight):
+    run = tmp_path / "run"
+    proc = start(tmp_path, run, FAULT_PAUSE_STEP=6)  # epoch 2, before its second step
+    wait_for(tmp_path / "marker", proc)
+    assert kill(proc)[0] == -signal.SIGKILL
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 0, 4)
+    resnext("train", "--out", str(run), "--resume", "auto")
+    assert_weights(run, straight)
+
+
+def test_sigkill_while_writing_a_checkpoint_loses_at_most_the_step_interval(tmp_path, straight):
+    run = tmp_path / "run"
+    # Saves of last.pt: step 2 (step checkpoint), then the end of epoch 1 (step 4): killed there.
+    proc = start(tmp_path, run, "--set", "checkpoint_steps=2", FAULT_PAUSE_SAVE=2)
+    wait_for(tmp_path / "marker", proc)
+    kill(proc)
+    assert list(run.glob(".last.pt.*.tmp"))  # the complete but unrenamed new file
+    ckpt = load_checkpoint(run / "last.pt")  # the previous one, intact
+    assert (ckpt["epoch"], ckpt["batch"]) == (0, 2) and 4 - ckpt["step"] <= 2
+    out = resnext("train", "--out", str(run), "--resume", "auto")
+    assert "at epoch 0, batch 2" in out.stderr
+    assert not list(run.glob(".*.tmp"))
+    assert_weights(run, straight)
+
+
+def test_sigkill_at_random_moments_still_ends_with_the_same_weights(tmp_path, straight):
+    run, rng = tmp_path / "run", random.Random(7)
+    for _ in range(2):
+        proc = start(tmp_path, run, "--resume", "auto", "--set", "checkpoint_steps=1",
+                     FAULT_STEP_DELAY=0.1)  # fmt: skip
+        wait_for(run / "last.pt", proc)
+        time.sleep(rng.uniform(0, 0.6))
+        kill(proc)
+        load_checkpoint(run / "last.pt")
+    resnext("train", "--out", str(run), "--resume", "auto")
+    assert_weights(run, straight)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_save_a_checkpoint_and_exit(tmp_path, straight, signum, status):
+    run = tmp_path / "run"
+    proc = start(tmp_path, run, FAULT_PAUSE_STEP=3, FAULT_NAP=1.5)
+    wait_for(tmp_path / "marker", proc)
+    code, err = kill(proc, signum)
+    line = err.strip().splitlines()[-1]
+    assert code == status, err[-2000:]
+    name = signal.Signals(signum).name
+    assert line.startswith(f"resnext: stopped by {name} after epoch 1, step 3/4; saved ")
+    ckpt = load_checkpoint(run / "last.pt")  # the step the signal interrupted was finished
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 3, 3)
+    if signum == signal.SIGTERM:
+        resnext("train", "--out", str(run), "--resume", "auto")
+        assert_weights(run, straight)
+
+
+TINY = {"epochs": 1, "train_limit": 32, "val_limit": 16}
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1",
+                 "--set", "train_limit=32", "--set", "val_limit=16"]) == 0  # fmt: skip
+    before = load_checkpoint(run / "last.pt")
+    capsys.readouterr()
+    # lr 1e30: the first step blows the weights up, the second loss is NaN.
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--set", "lr=1e30"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "resnext: error: non-finite loss (nan) at step 4 (epoch 2)" in err
+    assert f"last good checkpoint: {run / 'last.pt'} (step 2)" in err
+    after = load_checkpoint(run / "last.pt")
+    assert after["step"] == 2 and all(
+        torch.equal(after["model"][k], v) for k, v in before["model"].items()
+    )
+
+
+def _with_an_infinite_image(monkeypatch, index: int) -> None:
+    """Training images as floats with one +inf pixel: every batch holding it has a NaN loss."""
+    module = importlib.import_module("resnext.train")
+    real = module.load_dataset
+
+    def load(name, root, split, *args):
+        data = real(name, root, split, *args)
+        if split == "train":
+            data = data.subset(TINY["train_limit"])  # the run's own subset() keeps it
+            data.images = data.images.float() / 255
+            data.images[index, 0, 3, 3] = float("inf")
+        return data
+
+    monkeypatch.setattr(module, "load_dataset", load)
+
+
+def test_skip_nonfinite_skips_and_counts_the_steps(tmp_path, monkeypatch):
+    _with_an_infinite_image(monkeypatch, 5)
+    cfg = resolve_config("tiny", {**TINY, "epochs": 2, "skip_nonfinite": True})
+    result = train(cfg, tmp_path / "run")
+    assert result["skipped_steps"] == 2  # one batch per epoch holds the image
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["skipped_steps"] == 2 and ckpt["step"] == 4
+    # Weights and BN statistics stayed finite: the skipped forward passes left no trace.
+    assert all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert result["val_loss"] == pytest.approx(result["val_loss"])  # not NaN
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at step \d \(epoch 1\)"):
+        train(dataclasses.replace(cfg, skip_nonfinite=False), tmp_path / "stopped")
