@@ -64,24 +64,20 @@ class ResNeXt(nn.Module):
 
         expansion = block_class(spec).expansion
         self.num_stages = len(spec.depths)
-        in_channels = stem
+        widths = [stem] + [planes * expansion for planes in spec.planes]
         for i in range(4):
             # CIFAR has three stages; an empty layer4 keeps forward() scriptable and adds no keys.
-            stage = make_stage(spec, i, in_channels) if i < self.num_stages else nn.Identity()
+            stage = make_stage(spec, i, widths[i]) if i < self.num_stages else nn.Identity()
             setattr(self, f"layer{i + 1}", stage)
-            in_channels = spec.planes[min(i, self.num_stages - 1)] * expansion
-        self.num_features = in_channels
+        self.num_features = widths[-1]
+        first = 4 if spec.template == "imagenet" else 1  # the stride of the stem
         self.feature_info = [
-            {"module": f"layer{i + 1}", "num_chs": spec.planes[i] * expansion, "reduction": r}
-            for i, r in enumerate(self._reductions())
+            {"module": f"layer{i + 1}", "num_chs": widths[i + 1], "reduction": first * 2**i}
+            for i in range(self.num_stages)
         ]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Identity()
         self.reset_classifier(spec.num_classes)
-
-    def _reductions(self) -> list[int]:
-        first = 4 if self.spec.template == "imagenet" else 1
-        return [first * 2**i for i in range(self.num_stages)]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the fc layer (num_classes=0 leaves pooled features as the output)."""
