@@ -59,7 +59,7 @@ class TrainConfig:
     schedule: Schedule = "cosine"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    warmup_epochs: int = 0
+    warmup_epochs: float = 0.0  # fractions allowed: short CPU schedules (issue 4)
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0

@@ -8,6 +8,7 @@ slice, so a run sees the same batches whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -217,8 +218,38 @@ def _is_small(data: ImageSet) -> bool:
     return False
 
 
+_decoded: dict | None = None  # set by `decode_once`
+
+
+@contextlib.contextmanager
+def decode_once() -> Iterator[None]:
+    """Within this block each image folder is decoded once per process: a study (issue 4)
+    trains many runs on one data set, and decoding 60,000 JPEGs takes about a minute."""
+    global _decoded
+    _decoded = {}
+    try:
+        yield
+    finally:
+        _decoded = None
+
+
 def _decode_all(data: ImageSet) -> tuple[Tensor, Tensor]:
     """Every readable image as uint8 (N, C, H, W), and the indices of those read."""
+    key = (tuple(str(p) for p in data.paths or []), data.on_bad)
+    if _decoded is not None and key in _decoded:
+        images, kept, bad = _decoded[key]
+        for path, reason in bad:
+            note_bad(data, path, reason)
+        return images, kept
+    bad_before = set(data.bad)
+    images, kept = _decode_files(data)
+    if _decoded is not None:
+        bad = [(b, "unreadable (decoded earlier in this process)") for b in data.bad - bad_before]
+        _decoded[key] = (images, kept, bad)
+    return images, kept
+
+
+def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
     paths = data.paths or []
     log.info("decoding %d images into memory", len(paths))
     out, kept = None, []

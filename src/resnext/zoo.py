@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
@@ -186,13 +187,48 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
+# Names outside the table (issue 4's studies): depth, C and d, optionally narrow planes.
+_NAME = re.compile(r"^resnext(?P<depth>\d+)_(?P<c>\d+)x(?P<d>\d+)d(?:_p(?P<planes>\d+))?$")
+
+
+def parse_name(name: str) -> ModelSpec | None:
+    """`resnext{depth}_{C}x{d}d[_p{planes}]` as a spec, or None if the name does not parse.
+
+    Depths of the table's templates are understood, and any CIFAR depth 9n + 2 (n blocks per
+    stage, Appendix A), so a study can build e.g. `resnext11_8x12d_p16` without registering it.
+    """
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    depth, planes = int(m["depth"]), int(m["planes"] or BASE_PLANES)
+    if depth in _TEMPLATES and _TEMPLATES[depth][1] == "bottleneck":
+        template, block, depths = _TEMPLATES[depth]
+    elif depth > 2 and (depth - 2) % 9 == 0:
+        template, block, depths = "cifar", "bottleneck", ((depth - 2) // 9,) * 3
+    else:
+        return None
+    classes = 1000 if template == "imagenet" else 10
+    return ModelSpec(template, block, depths, int(m["c"]), int(m["d"]), classes, base_planes=planes)
+
+
+def model_name(spec: ModelSpec) -> str:
+    """The parseable name of a bottleneck spec (the inverse of `parse_name`)."""
+    planes = "" if spec.base_planes == BASE_PLANES else f"_p{spec.base_planes}"
+    return f"resnext{spec.depth}_{spec.cardinality}x{spec.base_width}d{planes}"
+
+
 def get_spec(name: str, **overrides: Any) -> ModelSpec:
     """The spec of a named variant with options overridden; contradicting the name raises."""
+    if name not in _REGISTRY and parse_name(name) is not None:
+        return _override(name, parse_name(name), overrides)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; see `resnext info` for the list")
-    spec = _REGISTRY[name]
+    return _override(name, _REGISTRY[name], overrides)
+
+
+def _override(name: str, spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
     known = {f.name for f in fields(ModelSpec)}
     unknown = sorted(set(overrides) - known)
     if unknown:

@@ -1,0 +1,232 @@
+"""The cardinality study (issue 4): at one complexity, does raising C beat going wider or deeper?
+
+A study is a grid of arms: "cardinality" (C varies, d from the Table 2 solver so that every
+member costs what the C = 1 template costs, or d fixed as in the paper's CIFAR Figure 7),
+"width" (C = 1, wider bottlenecks) and "depth" (C = 1, more blocks per stage; Table 4). Every
+(member, seed) trains as a normal run directory under the study directory, so re-running the
+study skips finished runs and resumes unfinished ones from their last.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from resnext.blocks import bottleneck_width
+from resnext.complexity import count_complexity
+from resnext.config import TrainConfig, resolve_config
+from resnext.data import decode_once
+from resnext.design import design_width
+from resnext.model import build_model
+from resnext.zoo import ModelSpec, get_spec, model_name
+
+log = logging.getLogger("resnext.study")
+
+WidthRule = Literal["preserve", "fixed"]
+WALL_FILE = "wall.json"  # in each run directory: wall seconds of every attempt
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study's grid and recipe; the presets below are the paper's settings and a CPU one.
+
+    `template` names the C = 1 baseline (e.g. resnext29_1x64d); `width_rule` "preserve" solves
+    d per C at the baseline's complexity (Table 2), "fixed" keeps d (Figure 7 on CIFAR).
+    `widths` (d values at C = 1) and `depths` (network depths at C = 1) add Table 4's arms.
+    """
+
+    template: str
+    cardinalities: tuple[int, ...]
+    recipe: str
+    seeds: int = 1
+    width_rule: WidthRule = "preserve"
+    widths: tuple[int, ...] = ()
+    depths: tuple[int, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cardinalities or min(self.cardinalities) < 1:
+            raise ValueError(f"cardinalities must be positive, got {self.cardinalities}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be positive, got {self.seeds}")
+        for name in ("widths", "depths"):
+            if getattr(self, name) and min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        baseline = get_spec(self.template)
+        if baseline.block != "bottleneck" or baseline.cardinality != 1:
+            raise ValueError(f"template {self.template!r} must be a C = 1 bottleneck network")
+
+
+PRESETS: dict[str, StudyConfig] = {
+    # Appendix A, Figure 7: ResNeXt-29 with d = 64, C = 1..16 (complexity grows with C), 300 epochs.
+    "cifar": StudyConfig("resnext29_1x64d", (1, 2, 4, 8, 16), "cifar", 3, "fixed"),
+    # Table 3: ResNeXt-50 at ResNet-50's complexity, C = 1, 2, 4, 8, 32 (d = 64, 40, 24, 14, 4).
+    "imagenet": StudyConfig("resnet50", (1, 2, 4, 8, 32), "imagenet", 1),
+    # Measured on 2 CPU cores (docs/results.md): a ResNeXt-11 at a quarter of the paper's
+    # width, fp32 + channels_last (bf16 autocast is 5-20x slower here: no native bf16), and a
+    # short cosine schedule with a fractional warm-up and label smoothing.
+    "cpu": StudyConfig(
+        "resnext11_1x64d_p16",
+        (1, 2, 4, 8),
+        "cifar",
+        2,
+        overrides={
+            "epochs": 1,
+            "schedule": "cosine",
+            "milestones": (),
+            "warmup_epochs": 0.2,
+            "lr": 0.2,
+            "nesterov": True,
+            "label_smoothing": 0.1,
+            "channels_last": True,
+            "precision": "fp32",
+            "workers": 0,
+            "checkpoint_steps": 100,
+            "log_steps": 100,
+        },
+    ),  # fmt: skip
+}
+
+
+# The solver counts ~100 candidate blocks; a study asks for the same answers several times.
+_design_width = functools.cache(design_width)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of the grid, trained once per seed."""
+
+    arm: str
+    spec: ModelSpec
+    label: str
+
+    @property
+    def name(self) -> str:
+        return model_name(self.spec)
+
+
+def members(study: StudyConfig) -> list[Member]:
+    """The grid: the cardinality arm, then the width and depth arms."""
+    base = get_spec(study.template)
+    out = []
+    for c in study.cardinalities:
+        d = base.base_width
+        if study.width_rule == "preserve":
+            d = _design_width(c, base.base_width, base.base_planes)
+        spec = dataclasses.replace(base, cardinality=c, base_width=d)
+        out.append(Member("cardinality", spec, f"{c}x{d}d"))
+    for d in study.widths:
+        out.append(Member("width", dataclasses.replace(base, base_width=d), f"1x{d}d"))
+    for depth in study.depths:
+        spec = dataclasses.replace(base, depths=_depths(base, depth))
+        out.append(Member("depth", spec, f"depth {depth}"))
+    for m in out:
+        if bottleneck_width(m.spec.base_planes, m.spec.base_width, 1) < 1:
+            raise ValueError(f"{m.label} gives zero-width paths at {m.spec.base_planes} planes")
+    return out
+
+
+def _depths(base: ModelSpec, depth: int) -> tuple[int, ...]:
+    """Blocks per stage of a `depth`-layer network of the template (9n + 2 on CIFAR)."""
+    if base.template == "cifar" and depth > 2 and (depth - 2) % 9 == 0:
+        return ((depth - 2) // 9,) * 3
+    spec = get_spec(f"resnext{depth}_1x64d") if base.template == "imagenet" else None
+    if spec is None or spec.template != base.template:
+        raise ValueError(f"no {base.template} network of depth {depth}")
+    return spec.depths
+
+
+def complexity(spec: ModelSpec, size: int) -> dict[str, int]:
+    """Params and MACs per image, counted on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    c = count_complexity(model, (spec.in_channels, size, size))
+    return {"params": c.params, "macs": c.macs}
+
+
+def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One row per member: arm, label, C, d, group width, depth, params, MACs."""
+    rows = []
+    for m in members(study):
+        s = m.spec
+        rows.append({
+            "arm": m.arm, "label": m.label, "model": m.name, "cardinality": s.cardinality,
+            "d": s.base_width, "group_width": bottleneck_width(s.base_planes, s.base_width,
+                                                                s.cardinality),
+            "depth": s.depth, **complexity(s, cfg.train_size),
+        })  # fmt: skip
+    return rows
+
+
+def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig:
+    """The recipe every run shares: the study's overrides, then the command line's."""
+    return resolve_config(study.recipe, {**study.overrides, **cli_overrides})
+
+
+def run_dir(out: Path, member: Member, seed: int) -> Path:
+    return out / f"{member.arm}-{member.label.replace(' ', '')}-seed{seed}"
+
+
+def finished(path: Path, epochs: int) -> bool:
+    """A run is finished when metrics.jsonl holds its last epoch."""
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    return any(r["epoch"] >= epochs for r in lines)
+
+
+def write_plan(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:
+    """study.json: the study, the shared recipe and the grid, which the report reads."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"study": dataclasses.asdict(study), "config": cfg.to_dict(), "grid": grid(study, cfg)}
+    (out / "study.json").write_text(json.dumps(plan, indent=1, default=list) + "\n")
+    return out
+
+
+def run_study(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:
+    """Train every (member, seed) not yet finished, seed-major so early results span all C.
+
+    Returns the study directory; `report.write_report` then summarises it.
+    """
+    out = write_plan(study, cfg, out)
+    with decode_once():  # one decode of the data set for all runs
+        _train_all(study, cfg, out)
+    return out
+
+
+def _train_all(study: StudyConfig, cfg: TrainConfig, out: Path) -> None:
+    from resnext.train import train
+
+    for seed in range(study.seeds):
+        for m in members(study):
+            path = run_dir(out, m, seed)
+            if finished(path, cfg.epochs):
+                log.info("skip %s: finished", path.name)
+                continue
+            resume = "auto" if (path / "last.pt").is_file() else None
+            log.info("%s %s (%s, seed %d)", "resume" if resume else "train", path.name, m.name,
+                     seed)  # fmt: skip
+            began = time.perf_counter()
+            try:
+                train(dataclasses.replace(cfg, model=m.name, seed=seed), path, resume)
+            finally:
+                _add_wall(path, time.perf_counter() - began)
+
+
+def _add_wall(path: Path, seconds: float) -> None:
+    """Accumulate the wall time of every attempt at a run (resumes included)."""
+    if not path.is_dir():
+        return
+    f = path / WALL_FILE
+    attempts = json.loads(f.read_text())["attempts"] if f.is_file() else []
+    f.write_text(json.dumps({"attempts": [*attempts, round(seconds, 2)]}) + "\n")

@@ -1,0 +1,122 @@
+"""The cardinality study (issue 4): grid, names, end to end through the CLI, skip on re-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnext.cli import main
+from resnext.design import design_width
+from resnext.study import PRESETS, StudyConfig, grid, members, run_config
+from resnext.zoo import get_spec, model_name, parse_name
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    "name", ["resnext29_8x64d", "resnext50_32x4d", "resnext101_2x40d", "resnext11_4x16d"]
+)
+def test_parse_name_agrees_with_the_table(name):
+    assert parse_name(name) == get_spec(name)
+    assert model_name(get_spec(name)) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "depths", "planes"),
+    [("resnext11_8x12d_p16", (1, 1, 1), 16), ("resnext38_1x64d", (4, 4, 4), 64)],
+)
+def test_parse_name_builds_unregistered_designs(name, depths, planes):
+    spec = get_spec(name, num_classes=3)
+    assert (spec.depths, spec.base_planes, spec.num_classes) == (depths, planes, 3)
+    assert model_name(spec) == name
+
+
+@pytest.mark.parametrize("name", ["resnext12_1x64d", "resnet50_1x64d", "resnext29_1x64"])
+def test_unparseable_names_stay_unknown(name):
+    with pytest.raises(ValueError, match="unknown model"):
+        get_spec(name)
+
+
+def test_presets_are_the_papers_settings():
+    cifar, imagenet = PRESETS["cifar"], PRESETS["imagenet"]
+    assert (cifar.template, cifar.width_rule, cifar.cardinalities) == (
+        "resnext29_1x64d", "fixed", (1, 2, 4, 8, 16))  # fmt: skip
+    assert (imagenet.template, imagenet.width_rule, imagenet.cardinalities) == (
+        "resnet50", "preserve", (1, 2, 4, 8, 32))  # fmt: skip
+    assert run_config(cifar, {}).epochs == 300 and run_config(imagenet, {}).recipe == "imagenet"
+    assert [m.label for m in members(cifar)][-1] == "16x64d"
+
+
+def test_cpu_preset_keeps_the_complexity():
+    """Table 2's rule at a quarter of the width: every member within 10% of C = 1's MACs."""
+    study = PRESETS["cpu"]
+    rows = grid(study, run_config(study, {}))
+    assert [r["d"] for r in rows] == [design_width(c, 64, 16) for c in study.cardinalities]
+    assert all(abs(r["macs"] - rows[0]["macs"]) / rows[0]["macs"] < 0.10 for r in rows)
+    assert len(study.cardinalities) >= 4 and study.seeds >= 2
+
+
+def test_arms_cover_width_and_depth():
+    study = StudyConfig("resnext29_1x64d", (1, 2), "cifar", widths=(96,), depths=(38,))
+    arms = [(m.arm, m.label, m.spec.depths) for m in members(study)]
+    assert arms[2:] == [("width", "1x96d", (3, 3, 3)), ("depth", "depth 38", (4, 4, 4))]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cardinalities", "0,x"], "--cardinalities expects comma-separated positive"),
+        (["--widths", "-4"], "--widths expects"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (["--template", "nope"], "give --recipe"),
+        (["--template", "resnext29_8x64d", "--recipe", "cifar"], "C = 1 bottleneck"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path):
+    argv = ["study", "--template", "cpu", "--out", str(tmp_path), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
+    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny",
+            "--cardinalities", "1,2", "--seeds", "1", "--epochs", "1",
+            "--set", "train_limit=64", "--set", "val_limit=32", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| cardinality | resnext11_2x40d_p16 | 2 | 40 | 20 |" in printed  # grid before training
+    for name in ("results.md", "results.json", "study.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [m["label"] for m in results["members"]] == ["1x64d", "2x40d"]
+    assert all(m["seeds_finished"] == 1 for m in results["members"])
+    assert results["unfinished"] == []
+    assert 0 <= results["members"][1]["final_error"]["mean"] <= 100
+    checkpoint = tmp_path / "cardinality-2x40d-seed0" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+
+    caplog.set_level("INFO", logger="resnext.study")
+    assert main(argv) == 0
+    assert checkpoint.stat().st_mtime_ns == before
+    assert "skip cardinality-2x40d-seed0: finished" in caplog.text
+
+
+def test_report_only_lists_unfinished_runs(tmp_path, capsys):
+    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny",
+            "--cardinalities", "1", "--epochs", "1", "--set", "train_limit=32",
+            "--set", "val_limit=16", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "Not finished: cardinality-1x64d-seed0 (1/2 epochs)" in out
+
+
+def test_cpu_preset_resolves_for_the_jpeg_folder():
+    """The published command's data path and preset resolve (no training here)."""
+    assert (DATA / "cifar10-jpeg" / "train").is_dir()
+    cfg = run_config(PRESETS["cpu"], {"dataset": "folder", "data": str(DATA / "cifar10-jpeg")})
+    assert (cfg.channels_last, cfg.precision, cfg.train_size) == (True, "fp32", 32)
