@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from dataclasses import replace
@@ -68,6 +69,7 @@ def main() -> None:
         plan = gpu_rows(8 if args.quick else 256, 3 if args.quick else 20)
     else:
         plan = cpu_rows(4 if args.quick else 32, 2 if args.quick else 8)
+    load_before = os.getloadavg()
     rows = []
     for label, cfg, tuned in plan:
         tune_allocator(tuned)
@@ -91,7 +93,9 @@ def main() -> None:
         f"# Performance\n\nMeasured {time.strftime('%Y-%m-%d')} on {machine}, torch "
         f"{torch.__version__}, with `python benchmarks/matrix.py"
         f"{' --device cuda' if args.device == 'cuda' else ''}{' --quick' if args.quick else ''}`."
-        f"\nRatios are against torchvision eager fp32 NCHW measured in the same run.\n\n"
+        f"\nRatios are against torchvision eager fp32 NCHW measured in the same run. "
+        f"Load average (1 min) {load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after: "
+        f"above 0 means other work shared the cores.\n\n"
         f"{table}\nRows in order:\n\n{labels}\n"
     )
     print(f"wrote {args.out}")
