@@ -113,6 +113,30 @@ CASES = [
         ["train", "--resume", "{run}", "--model", "resnext11_2x16d_p16"],
         "cannot resume: the checkpoint holds cardinality=4",
     ),  # fmt: skip
+    (
+        "resume, other classes",
+        [
+            "train",
+            "--resume",
+            "{run}",
+            "--dataset",
+            "folder",
+            "--data",
+            "{folder}",
+            "--set",
+            "train_size=32",
+            "--set",
+            "eval_resize=32",
+            "--set",
+            "eval_crop=32",
+            "--set",
+            "mean=0.5,0.5,0.5",
+            "--set",
+            "std=0.2,0.2,0.2",
+        ],
+        "cannot resume: the checkpoint holds num_classes=10, in_channels=1; this run needs "
+        "num_classes=3, in_channels=3",
+    ),  # fmt: skip
     ("nothing to resume", ["train", "--resume", "{empty}"], "nothing to resume"),
     (
         "resume another dir",
