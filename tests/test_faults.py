@@ -79,7 +79,10 @@ def start(tmp: Path, run: Path, *extra: str, **fault: float) -> subprocess.Popen
     env = ENV | {"FAULT_MARKER": str(tmp / "marker")}
     env |= {k: str(v) for k, v in fault.items()}
     cmd = [sys.executable, str(tmp / "launch.py"), *ARGS, "--out", str(run), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, for signals sent to the group
+    )  # fmt: skip
 
 
 def mtime(path: Path) -> int:
@@ -190,6 +193,36 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit(tmp_path, straight, signu
     if signum == signal.SIGTERM:
         resume(run)
         assert_weights(run, straight)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
+    """As Ctrl-C or Slurm do, every process gets the signal: the DataLoader workers leave it to
+    the main process, which finishes its step and saves."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+    for split, src in (("train", "train"), ("val", "test")):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(8 if split == "train" else 2):
+                name = f"{i:04d}.jpg"
+                (tmp_path / "data" / split / c / name).write_bytes(
+                    (shared / src / c / name).read_bytes()
+                )
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data", str(tmp_path / "data"), "--batch-size", "4",
+            "--set", "in_memory=no", "--set", "workers=2", "--set", "augment=inception",
+            "--set", "train_size=32", "--set", "eval_resize=32", "--set", "eval_crop=32",
+            "--set", "mean=0.5,0.5,0.5", "--set", "std=0.25,0.25,0.25"]  # fmt: skip
+    proc = start(tmp_path, run, *args, FAULT_PAUSE_STEP=3, FAULT_NAP=1.5)
+    wait_for(tmp_path / "marker", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, err = kill(proc, 0)
+    assert code == 143 and "Traceback" not in err, err[-3000:]
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("resnext: stopped by SIGTERM after epoch 1, step 3/4")
+    )
+    assert load_checkpoint(run / "last.pt")["step"] == 3
 
 
 TINY = {"epochs": 1, "train_limit": 32, "val_limit": 16}

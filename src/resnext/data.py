@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import pickle
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,12 +347,20 @@ def loader(
         num_workers=workers,
         pin_memory=pin,
         collate_fn=collate_readable,
+        worker_init_fn=_leave_stop_signals_to_main,
     )
     for x, y, bad in it:
         for path, reason in bad:
             note_bad(dataset.data, path, reason)
         if x is not None:
             yield x, y
+
+
+def _leave_stop_signals_to_main(worker: int) -> None:
+    """Workers ignore SIGTERM/SIGINT, which Ctrl-C and Slurm send to every process: a worker
+    killed by one makes the main process fail before it can save (issue 7)."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
