@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -244,6 +245,32 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
     assert after["step"] == 2 and all(
         torch.equal(after["model"][k], v) for k, v in before["model"].items()
     )
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys):
+    """A file size limit makes the kernel refuse the write, as a full disk does."""
+    run = tmp_path / "run"
+    base = ["train", "--recipe", "tiny", "--out", str(run), "--set", "train_limit=32",
+            "--set", "val_limit=16"]  # fmt: skip
+    assert main([*base, "--epochs", "1"]) == 0
+    before = load_checkpoint(run / "last.pt")
+    capsys.readouterr()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, limits[1]))
+    try:
+        code = main(["train", "--resume", str(run), "--epochs", "2"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"resnext: error: cannot write checkpoint {run / 'last.pt'} (")
+    after = load_checkpoint(run / "last.pt")
+    assert after["epoch"] == 1 and torch.equal(
+        after["model"]["fc.weight"], before["model"]["fc.weight"]
+    )
+    assert not list(run.glob(".*.tmp"))
 
 
 def _with_an_infinite_image(monkeypatch, index: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -50,6 +51,15 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        # torch reports a failed write (full disk, file size limit) as a cryptic RuntimeError.
+        free = shutil.disk_usage(path.parent).free / 2**20
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OSError(
+            f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk; {reason}); "
+            "the previous file is intact"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
