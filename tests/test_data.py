@@ -173,6 +173,10 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="resnext.data"):
         train = load_dataset("folder", str(tmp_path), "train")
     assert len(train) == 6 + 3 and train.images.shape[1:] == (3, 32, 32)  # modes converted
+    # dog: 0.jpg, 1.jpg, cmyk.jpg, grey.png, rgba.png at 2..6; rgba.png is cat/0.jpg, opaque.
+    grey, rgba = train.images[5], train.images[6]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    assert torch.equal(rgba, train.images[0])
     assert train.bad == {str(p) for p in bad.values()}
     assert sorted(r.getMessage().split(":")[0] for r in caplog.records) == sorted(
         f"skipping bad image {p}" for p in bad.values()
