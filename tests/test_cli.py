@@ -53,7 +53,7 @@ def test_design_json(
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["info", "resnext50_32x5d"], "unknown model"),
+        (["info", "resnext50_32x4"], "did you mean resnext50_32x4d"),
         (["info", "resnet50", "--input-size", "0"], "--input-size must be positive"),
         (["design", "--cardinality", "0"], "--cardinality must be positive"),
         (["design", "--depth", "34", "--cardinality", "2"], "--depth must be one of"),
