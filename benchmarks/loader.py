@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from resnext.config import resolve_config
 from resnext.data import load_dataset, train_batches
 from resnext.engine import Trainee, train_step
 from resnext.model import build_model
@@ -31,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--model", default="resnext11_8x12d_p16", help="the cpu preset's C=8")
+    parser.add_argument(
+        "--split", choices=["train", "val"], default="train", help="val decodes less"
+    )
     parser.add_argument("--loader-steps", type=int, default=100)
     parser.add_argument("--model-steps", type=int, default=8)
     args = parser.parse_args()
@@ -38,7 +40,7 @@ def main() -> None:
     cfg = run_config(PRESETS["cpu"], {"dataset": "folder", "data": args.data})
     cfg = dataclasses.replace(cfg, model=args.model)
     began = time.perf_counter()
-    data = load_dataset("folder", args.data, "train", "yes")
+    data = load_dataset("folder", args.data, args.split, "yes")
     decode = time.perf_counter() - began
 
     began, n = time.perf_counter(), 0
@@ -69,7 +71,7 @@ def main() -> None:
         "model": args.model,
         "batch": cfg.batch_size,
         "threads": torch.get_num_threads(),
-        "recipe": resolve_config(cfg.recipe).recipe,
+        "split": args.split,
     }
     print(json.dumps(row))
 

@@ -1,6 +1,7 @@
 """Images/s of one CPU training step for candidate `cpu` study presets (issue 4).
 
-    python benchmarks/study_settings.py            # precision x layout, then model candidates
+    python benchmarks/study_settings.py --part settings  # fp32/bf16 x NCHW/NHWC, ResNeXt-20
+    python benchmarks/study_settings.py --part models    # the preset's ResNeXt-11, C = 1..8
 
 Times forward + backward + SGD step at batch 128 on random 32x32 inputs (median of a few steps),
 so the preset's model, precision and memory layout are chosen from numbers measured here.
@@ -9,6 +10,7 @@ so the preset's model, precision and memory layout are chosen from numbers measu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -67,13 +69,13 @@ def main() -> None:
                     rows.append({"depth": 20, "planes": 16, "C": c, "d": spec.base_width,
                                  "precision": precision, "layout": layout, "img_s": rate})  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
-    if args.part in ("models", "all"):
-        for depth, planes in ((11, 16), (11, 32), (20, 16), (29, 16)):
-            for c in (1, 8):
-                spec = spec_for(depth, planes, c)
-                rate = step_rate(spec, args.batch, "fp32", "nchw", args.iters)
-                rows.append({"depth": depth, "planes": planes, "C": c, "d": spec.base_width,
-                             "precision": "fp32", "layout": "nchw", "img_s": rate})  # fmt: skip
+    if args.part in ("models", "all"):  # the preset's network: grouped conv (c) or split paths (b)
+        for c in (1, 2, 4, 8):
+            for form in ("c", "b") if c > 1 else ("c",):
+                spec = dataclasses.replace(spec_for(11, 16, c), form=form)
+                rate = step_rate(spec, args.batch, "fp32", "nhwc", args.iters)
+                rows.append({"depth": 11, "planes": 16, "C": c, "d": spec.base_width,
+                             "form": form, "layout": "nhwc", "img_s": rate})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
 
 

@@ -155,8 +155,12 @@ def complexity(spec: ModelSpec, size: int) -> dict[str, int]:
 def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per member: arm, label, C, d, group width, depth, params, MACs."""
     rows = []
+    # Input channels and classes of the named data sets; a folder keeps the template's.
+    shape = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}.get(cfg.dataset)
     for m in members(study):
         s = m.spec
+        if shape is not None:
+            s = dataclasses.replace(s, in_channels=shape[0], num_classes=shape[1])
         rows.append({
             "arm": m.arm, "label": m.label, "model": m.name, "cardinality": s.cardinality,
             "d": s.base_width, "group_width": bottleneck_width(s.base_planes, s.base_width,
