@@ -19,18 +19,21 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
 
-def ensure_env() -> None:
-    """Create .venv and install `.[test]` once; reinstall when pyproject.toml changes."""
-    stamp = VENV / ".installed"
+def ensure_env(extras: str) -> None:
+    """Create .venv and install `.[extras]` once; again when pyproject.toml changes.
+
+    The demo needs only `train` (a smaller, faster first install); the tests need `test`.
+    """
+    stamp = VENV / f".installed-{extras}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
     if not PY.exists():
         print("creating .venv ...", flush=True)
         venv.create(VENV, with_pip=True)
-    print("installing resnext and its dependencies into .venv ...", flush=True)
+    print(f"installing resnext[{extras}] and its dependencies into .venv ...", flush=True)
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[{extras}]"], check=True)
     stamp.write_text(digest)
 
 
@@ -45,7 +48,7 @@ def main() -> None:
     extra = sys.argv[2:]
     if target not in ("demo", "test"):
         sys.exit(f"usage: python3 make.py demo|test (got {target!r})")
-    ensure_env()
+    ensure_env("train" if target == "demo" else "test")
     if target == "demo":
         # The main job (issue 3): train the `digits` recipe on the CPU, print accuracy, run dir, plot.
         run(str(BIN / "resnext"), "train", "--recipe", "digits", "--out", "runs/digits", *extra)
