@@ -29,3 +29,14 @@ def tiny_spec(**kw) -> ModelSpec:
         num_classes=10,
     )
     return ModelSpec(**(args | kw))
+
+
+def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Trained-looking BN statistics and affine terms, so that eval-mode comparisons test BN."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return model.eval()

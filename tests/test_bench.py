@@ -12,22 +12,12 @@ from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference,
 from resnext.cli import main
 from resnext.runtime import optimize_for_inference, tune_allocator
 
-from conftest import tiny_spec
-
-
-def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BN statistics, so that folding them is really tested."""
-    for name, buf in model.named_buffers():
-        if name.endswith("running_var"):
-            buf.uniform_(0.5, 2.0)
-        elif name.endswith("running_mean"):
-            buf.normal_(0, 0.2)
-    return model.eval()
+from conftest import randomize_bn, tiny_spec
 
 
 @pytest.mark.parametrize("form", ["a", "c"])
 def test_optimize_for_inference_fp32_eager_matches(form: str) -> None:
-    model = _trained_like(build_model(tiny_spec(form=form)))
+    model = randomize_bn(build_model(tiny_spec(form=form)))
     x = torch.randn(4, 3, 16, 16)
     fast = optimize_for_inference(model, "fp32", compile=False)
     with torch.no_grad():
@@ -38,7 +28,7 @@ def test_optimize_for_inference_fp32_eager_matches(form: str) -> None:
 
 
 def test_optimize_for_inference_compiled_matches() -> None:
-    model = _trained_like(build_model(tiny_spec(depths=(1, 1, 1), cardinality=2)))
+    model = randomize_bn(build_model(tiny_spec(depths=(1, 1, 1), cardinality=2)))
     x = torch.randn(2, 3, 8, 8)
     fast = optimize_for_inference(model, "fp32", compile=True)
     with torch.no_grad():
@@ -46,7 +36,7 @@ def test_optimize_for_inference_compiled_matches() -> None:
 
 
 def test_optimize_for_inference_bf16_agrees_on_top1() -> None:
-    model = _trained_like(build_model(tiny_spec()))
+    model = randomize_bn(build_model(tiny_spec()))
     x = torch.randn(64, 3, 16, 16)
     fast = optimize_for_inference(model, "bf16", compile=False)
     with torch.no_grad():

@@ -13,19 +13,14 @@ from resnext import ModelSpec, build_model, fuse_for_inference
 from resnext.checkpoint import save_checkpoint
 from resnext.cli import main
 
+from conftest import randomize_bn
+
 TEMPLATES = {"cifar": ((1, 1, 1), 32), "imagenet": ((1, 1, 1, 1), 64)}
 
 
 def tiny(template: str, form: str) -> torch.nn.Module:
     depths, _ = TEMPLATES[template]
-    model = build_model(ModelSpec(template, "bottleneck", depths, 2, 4, 10, form=form))
-    for m in model.modules():  # trained-looking BN, so that eval mode is exercised
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
+    return randomize_bn(build_model(ModelSpec(template, "bottleneck", depths, 2, 4, 10, form=form)))
 
 
 def checkpoint(tmp_path, model, crop: int):

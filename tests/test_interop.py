@@ -9,20 +9,11 @@ import torchvision
 
 from resnext import create_model
 
-
-def _randomize_bn(model: torch.nn.Module) -> None:
-    """Give every BN non-trivial statistics and affine terms, so that eval mode tests them."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
+from conftest import randomize_bn
 
 
 def _assert_same_logits(source: torch.nn.Module, name: str) -> None:
-    _randomize_bn(source)
-    source.eval()
+    randomize_bn(source)
     ours = create_model(name).eval()
     ours.load_state_dict(source.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)

@@ -31,18 +31,9 @@ from resnext.weights import (
     unwrap_state_dict,
 )
 
+from conftest import randomize_bn
+
 SPEC = ModelSpec("imagenet", "bottleneck", (1, 1, 1, 1), 4, 4, 10)
-
-
-def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BN statistics, so that eval-mode equality tests them too."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-    return model.eval()
 
 
 def tiny_torchvision() -> torch.nn.Module:
