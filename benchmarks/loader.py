@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from resnext.data import load_dataset, train_batches
+from resnext.batches import train_batches
+from resnext.data import load_dataset
 from resnext.engine import Trainee, train_step
 from resnext.model import build_model
 from resnext.optim import build_optimizer

@@ -35,6 +35,20 @@ def test_optimize_for_inference_compiled_matches() -> None:
         assert (fast(x) - model(x)).abs().max().item() <= 1e-4
 
 
+def test_optimize_for_inference_onnxruntime_matches() -> None:
+    pytest.importorskip("onnxruntime")
+    model = randomize_bn(build_model(tiny_spec(depths=(1, 1, 1), cardinality=2)))
+    fast = optimize_for_inference(model, "fp32", backend="onnxruntime")
+    for batch in (1, 3):  # the exported batch dimension is dynamic
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert (fast(x) - model(x)).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="fp32 only"):
+        optimize_for_inference(model, "bf16", backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        optimize_for_inference(model, backend="tensorrt")
+
+
 def test_optimize_for_inference_bf16_agrees_on_top1() -> None:
     model = randomize_bn(build_model(tiny_spec()))
     x = torch.randn(64, 3, 16, 16)
@@ -85,3 +99,4 @@ def test_bench_cli_writes_json(tmp_path, capsys) -> None:
     assert rows[0]["form"] == "b" and rows[0]["model"] == "resnext29_1x64d"
     assert "resnext29_1x64d" in capsys.readouterr().out
     assert main(["bench", "--batch-size", "0"]) == 2
+    assert main(["bench", "--backend", "onnxruntime", "--mode", "train"]) == 2

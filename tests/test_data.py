@@ -11,15 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from resnext.batches import eval_batches, eval_indices, train_indices
 from resnext.cli import main
-from resnext.data import (
-    BadImageError,
-    ImageSet,
-    eval_batches,
-    eval_indices,
-    load_dataset,
-    train_indices,
-)
+from resnext.data import BadImageError, ImageSet, load_dataset
 from resnext.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"

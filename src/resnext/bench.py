@@ -43,6 +43,7 @@ class BenchConfig:
     warmup: int = 3
     iters: int = 10
     device: str = "cpu"
+    backend: str = "torch"  # inference only: "onnxruntime" runs the exported model in ORT
 
 
 def torchvision_reference(model: ResNeXt) -> nn.Module | None:
@@ -162,7 +163,11 @@ def run_row(cfg: BenchConfig) -> dict:
     if cfg.mode == "infer":
         reference.eval()
         model = optimize_for_inference(
-            model, cfg.precision, compile=cfg.compile, channels_last=cfg.layout == "nhwc"
+            model,
+            cfg.precision,
+            compile=cfg.compile,
+            channels_last=cfg.layout == "nhwc",
+            backend=cfg.backend,
         )
     else:
         model.train()
@@ -205,16 +210,22 @@ def run_row(cfg: BenchConfig) -> dict:
     }
 
 
+def _engine(row: dict) -> str:
+    if row.get("backend") == "onnxruntime":
+        return "ONNX Runtime"
+    return "compile" if row["compile"] else "eager"
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     head = (
-        "| model | mode | batch | precision | layout | compile | form | img/s (min-max) "
+        "| model | mode | batch | precision | layout | engine | form | img/s (min-max) "
         "| torchvision img/s | ratio | GFLOP/s (% of GEMM peak) | peak MB (ref) |\n"
         "| --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
     )
     lines = [
         f"| {r['model']} | {r['mode']} | {r['batch_size']} | {r['precision']} | {r['layout']} "
-        f"| {'yes' if r['compile'] else 'no'} | {r['form']} | {r['images_per_s']:.1f} "
+        f"| {_engine(r)} | {r['form']} | {r['images_per_s']:.1f} "
         f"({r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f}) | {r['ref_images_per_s']:.1f} "
         f"| {r['ratio']:.2f}x | {r['gflops']:.0f} ({100 * r['fraction_of_peak']:.0f}%) "
         f"| {r['peak_memory_mb']:.0f} ({r['ref_peak_memory_mb']:.0f}) |"

@@ -287,12 +287,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise UserError(
                 f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
             )
+    if args.backend == "onnxruntime" and (args.mode != "infer" or args.precision != "fp32"):
+        raise UserError("--backend onnxruntime runs fp32 inference only")
     rows = []
     for name in args.models.split(","):
         get_spec(name)  # unknown names fail before any timing
         cfg = BenchConfig(
             name, args.mode, args.batch_size, args.precision, args.layout, args.compile,
-            args.form, args.input_size, args.warmup, args.iters, args.device,
+            args.form, args.input_size, args.warmup, args.iters, args.device, args.backend,
         )  # fmt: skip
         rows.append(run_row(cfg))
     print(markdown(rows), end="")
@@ -303,7 +305,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="resnext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add_commands in (_model_commands, _training_commands, _deployment_commands):
+        add_commands(sub)
+    return parser
 
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    """info, design: the family itself."""
     p = sub.add_parser("info", help="params / MACs / activations of named models")
     p.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
     p.add_argument("--input-size", type=int, default=None, help="square input side")
@@ -318,6 +326,9 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_design)
 
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, study, evaluate, plot."""
     p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)")
     p.add_argument("--recipe", default="digits", help="named defaults (default: digits)")
     p.add_argument("--model", help="registered model name")
@@ -367,6 +378,10 @@ def build_parser() -> Parser:
     p = sub.add_parser("plot", help="training and validation error against epochs (PNG)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=cmd_plot)
+
+
+def _deployment_commands(sub: argparse._SubParsersAction) -> None:
+    """convert, export, predict, bench: weights in and out, and speed."""
     p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
     p.add_argument("input", metavar="IN", help=".pt/.pth/.safetensors file")
     p.add_argument("--from", dest="source", required=True,
@@ -403,13 +418,14 @@ def build_parser() -> Parser:
     p.add_argument("--layout", choices=["nchw", "nhwc"], default="nhwc")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--form", choices=["a", "b", "c"], default="c")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="inference engine (onnxruntime: fp32, needs the export extra)")  # fmt: skip
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
     p.set_defaults(func=cmd_bench)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,20 +1,17 @@
-"""Datasets (image folder, CIFAR-10/100 python format, scikit-learn digits) and their batches.
+"""Datasets: image folder, CIFAR-10/100 python format, scikit-learn digits (batches: batches.py).
 
 Small images are decoded once and held in memory as uint8 (issue 3), so that CPU epochs are
-bound by compute; large ones (ImageNet) are decoded per image by DataLoader workers. Batches are
-cut from one permutation per (seed, epoch) of the *global* batch, each rank taking a contiguous
-slice, so a run sees the same batches whatever the number of processes.
+bound by compute; large ones (ImageNet) are decoded per image by DataLoader workers. Unreadable
+images are skipped with one warning each and counted, or fatal if asked (issue 7).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import pickle
-import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,16 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-
-from resnext.config import TrainConfig
-from resnext.transforms import (
-    crop_flip,
-    draw_crop_flip,
-    eval_batch,
-    eval_image,
-    normalize,
-    train_transform,
-)
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +191,7 @@ def note_bad(data: ImageSet, path: str, reason: str) -> None:
         log.warning("skipping bad image %s: %s", path, reason)
 
 
-def _reason(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0] or type(e).__name__
 
 
@@ -215,7 +202,7 @@ def _is_small(data: ImageSet) -> bool:
             with Image.open(p) as im:
                 return max(im.size) <= SMALL_IMAGE
         except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), _reason(e))
+            note_bad(data, str(p), describe_error(e))
     return False
 
 
@@ -258,7 +245,7 @@ def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
         try:
             arr = np.asarray(open_rgb(p))
         except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), _reason(e))
+            note_bad(data, str(p), describe_error(e))
             continue
         if out is None:
             out = np.empty((len(paths), *arr.shape), dtype=np.uint8)
@@ -278,152 +265,3 @@ def open_rgb(path: Path) -> Image.Image:
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")  # PIL warns on palette -> RGB with transparency
         return im.convert("RGB")
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of one epoch: a function of (seed, epoch) only, so resume replays it."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def train_indices(
-    n: int, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1
-) -> list[Tensor]:
-    """This rank's slice of every full global batch of an epoch (the last partial one dropped)."""
-    steps = n // batch
-    if steps == 0:
-        raise ValueError(f"the training set ({n} images) is smaller than one batch ({batch})")
-    local = batch // world
-    perm = epoch_permutation(n, seed, epoch)
-    return [perm[s * batch + rank * local : s * batch + (rank + 1) * local] for s in range(steps)]
-
-
-def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
-    """Every image exactly once over all ranks (no padding, so counts are exact)."""
-    mine = torch.arange(rank, n, world)
-    return list(mine.split(batch)) if len(mine) else []
-
-
-class PerImage(torch.utils.data.Dataset):
-    """One image at a time through `transform`, seeded by (seed, epoch, index) for resume.
-
-    An unreadable file gives `(None, label, (path, reason))`; `collate_readable` drops it.
-    """
-
-    def __init__(self, data: ImageSet, transform: Callable, seed: int | None = None) -> None:
-        self.data, self.transform, self.seed = data, transform, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[Tensor | None, int, tuple[str, str] | None]:
-        if self.seed is not None:
-            torch.manual_seed((self.seed * 100_003 + self.epoch) * 10_000_019 + i)
-        label = int(self.data.labels[i])
-        if self.data.images is not None:
-            return self.transform(self.data.images[i]), label, None
-        try:
-            image = open_rgb(self.data.paths[i])
-        except BAD_IMAGE_ERRORS as e:
-            return None, label, (str(self.data.paths[i]), _reason(e))
-        return self.transform(image), label, None
-
-
-def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str, str]]]:
-    """Stack the readable images of a batch; list the unreadable ones."""
-    good = [(x, y) for x, y, bad in items if bad is None]
-    x = torch.stack([x for x, _ in good]) if good else None
-    y = torch.tensor([y for _, y in good], dtype=torch.int64)
-    return x, y, [bad for _, _, bad in items if bad is not None]
-
-
-def loader(
-    dataset: PerImage, batches: list[Tensor], workers: int, pin: bool
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """A DataLoader over precomputed index batches; unreadable files are noted and left out."""
-    it = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=[b.tolist() for b in batches],
-        num_workers=workers,
-        pin_memory=pin,
-        collate_fn=collate_readable,
-        worker_init_fn=_leave_stop_signals_to_main,
-    )
-    for x, y, bad in it:
-        for path, reason in bad:
-            note_bad(dataset.data, path, reason)
-        if x is not None:
-            yield x, y
-
-
-def _leave_stop_signals_to_main(worker: int) -> None:
-    """Workers ignore SIGTERM/SIGINT, which Ctrl-C and Slurm send to every process: a worker
-    killed by one makes the main process fail before it can save (issue 7)."""
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, signal.SIG_IGN)
-
-
-def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    """A generator for the random choices of one step, the same on every rank and on resume."""
-    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_003 + step)
-
-
-def train_batches(
-    data: ImageSet, cfg: TrainConfig, epoch: int, start: int, rank: int, world: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """The training batches of `epoch` for this rank, from batch `start` on (for resume).
-
-    In-memory images are augmented a whole batch at a time where they sit (on the GPU if moved
-    there); the random draws cover the global batch, so they do not depend on the world size.
-    """
-    batches = train_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world)[start:]
-    if data.images is None or cfg.augment == "inception":
-        transform = train_transform(
-            cfg.augment, cfg.train_size, cfg.pad, cfg.hflip, cfg.color_jitter, cfg.lighting,
-            cfg.mean, cfg.std,
-        )  # fmt: skip
-        ds = PerImage(data, transform, seed=cfg.seed)
-        ds.epoch = epoch
-        yield from loader(ds, batches, cfg.workers, data.labels.is_cuda)
-        return
-    local = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    for step, b in enumerate(batches, start):
-        b = b.to(data.images.device)
-        x = normalize(data.images[b], cfg.mean, cfg.std)
-        if cfg.augment == "crop_flip":
-            gen = step_generator(cfg.seed, epoch, step)
-            oy, ox, flip = draw_crop_flip(cfg.batch_size, cfg.pad, cfg.hflip, gen)
-            x = crop_flip(x, cfg.pad, oy[local], ox[local], flip[local])
-        yield x, data.labels[b]
-
-
-def eval_batches(
-    data: ImageSet,
-    batch: int,
-    view: tuple[int, int, bool],
-    mean: Sequence[float],
-    std: Sequence[float],
-    workers: int = 0,
-    rank: int = 0,
-    world: int = 1,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Normalised evaluation views `view = (resize, crop, ten_crop)` of this rank's share."""
-    batches = eval_indices(len(data), batch, rank, world)
-    if data.images is not None:
-        for b in batches:
-            b = b.to(data.images.device)
-            yield normalize(eval_batch(data.images[b], *view), mean, std), data.labels[b]
-        return
-    ds = PerImage(
-        data, functools.partial(eval_image, resize=view[0], crop=view[1], ten_crop=view[2])
-    )
-    for x, y in loader(ds, batches, workers, torch.cuda.is_available()):
-        yield normalize(x.to(_device(), non_blocking=True), mean, std), y
-
-
-def _device() -> torch.device:
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnext.batches import step_generator
 from resnext.config import TrainConfig
-from resnext.data import step_generator
 from resnext.distributed import all_sum, any_rank
 from resnext.optim import EMA, lr_at, set_lr
 from resnext.progress import Progress

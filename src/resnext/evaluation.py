@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from resnext.batches import eval_batches
 from resnext.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from resnext.data import eval_batches, load_dataset
+from resnext.data import load_dataset
 from resnext.distributed import setup
 from resnext.engine import evaluate
 

@@ -79,10 +79,10 @@ PRESETS: dict[str, StudyConfig] = {
         "cifar",
         2,
         overrides={
-            "epochs": 1,
+            "epochs": 3,
             "schedule": "cosine",
             "milestones": (),
-            "warmup_epochs": 0.2,
+            "warmup_epochs": 0.3,
             "lr": 0.2,
             "nesterov": True,
             "label_smoothing": 0.1,

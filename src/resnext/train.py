@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnext.batches import eval_batches, train_batches
 from resnext.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     remove_stale_temporaries,
-    save_checkpoint,
 )
 from resnext.config import TrainConfig, apply_overrides, config_from_dict, save_config
-from resnext.data import ImageSet, eval_batches, load_dataset, train_batches
+from resnext.data import ImageSet, load_dataset
 from resnext.distributed import Context, all_sum, barrier, broadcast_buffers, setup, teardown
 from resnext.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
 from resnext.model import build_model
 from resnext.optim import EMA, build_optimizer, lr_at
 from resnext.plot import plot_run
 from resnext.progress import Progress
+from resnext.run_state import Saver, restore
 from resnext.stopping import StopSignals, TrainingStopped
 from resnext.zoo import get_spec
 
@@ -76,8 +76,11 @@ def _train(
     steps_per_epoch = len(train_set) // cfg.batch_size
     start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
     if resume is not None:
-        start_epoch, start_batch, sums, best = _restore(t, load_checkpoint(resume), spec, ctx)
+        start_epoch, start_batch, sums, best = restore(t, load_checkpoint(resume), spec, ctx)
         log.info("resumed %s at epoch %d, batch %d", resume, start_epoch, start_batch)
+    saver = Saver(t, spec, cfg, train_set.classes, out, best)
+    if resume is not None:
+        saver.last = f"{out / 'last.pt'} (step {t.step})"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
@@ -86,36 +89,11 @@ def _train(
     log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
 
-    def payload(epoch: int, batch: int, metrics: dict | None, sums: list | None) -> dict:
-        return {
-            **_weights_and_meta(t.raw, spec, cfg, train_set.classes),
-            "metrics": metrics,
-            "epoch": epoch,
-            "step": t.step,
-            "batch": batch,
-            "train_sums": sums,
-            "best_val_top1_error": best,
-            "skipped_steps": t.skipped,
-            "optimizer": t.optimizer.state_dict(),
-            "scheduler": {"kind": cfg.schedule, "step": t.step},
-            "scaler": t.scaler.state_dict(),
-            "ema": None if t.ema is None else t.ema.module.state_dict(),
-            "rng": rng_state(),
-        }
-
-    saved = f"{out / 'last.pt'} (step {t.step})" if resume else "none"
-
-    def save(name: str, epoch: int, batch: int, metrics: dict | None, sums: list | None) -> None:
-        nonlocal saved
-        if not all(bool(p.isfinite().all()) for p in t.raw.parameters()):
-            raise NonFiniteLoss(f"non-finite weights at step {t.step}")  # never saved
-        save_checkpoint(out / name, payload(epoch, batch, metrics, sums))
-        if name == "last.pt":
-            saved = f"{out / name} (step {t.step})"
-
     def stopped(epoch: int, batch: int) -> TrainingStopped:
         where = f"epoch {epoch + 1}, step {batch}/{steps_per_epoch}" if batch else f"epoch {epoch}"
-        return TrainingStopped(stop.signum, f"stopped by {stop.name} after {where}; saved {saved}")
+        return TrainingStopped(
+            stop.signum, f"stopped by {stop.name} after {where}; saved {saver.last}"
+        )
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -126,7 +104,7 @@ def _train(
             if stopping or (cfg.checkpoint_steps and t.step % cfg.checkpoint_steps == 0):
                 total = all_sum(sums.tolist(), ctx.device)
                 if ctx.main and (batch < steps_per_epoch or stopping):
-                    save("last.pt", epoch, batch, None, total)
+                    saver.save("last.pt", epoch, batch, None, total)
             if stopping:
                 raise stopped(epoch, batch)
 
@@ -140,24 +118,26 @@ def _train(
                 t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
             )
         except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} (epoch {epoch + 1}); last good checkpoint: {saved}") from None
+            raise NonFiniteLoss(
+                f"{e} (epoch {epoch + 1}); last good checkpoint: {saver.last}"
+            ) from None
         start_batch, sums = 0, None
         metrics |= _validate(t, val_set, cfg, ctx)
         metrics |= {"bad_images": len(train_set.bad | val_set.bad), "skipped_steps": t.skipped}
-        best = min(best, metrics["val_top1_error"])
+        saver.best = min(saver.best, metrics["val_top1_error"])
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            save("last.pt", epoch + 1, 0, metrics, None)
-            if metrics["val_top1_error"] <= best:
-                save("best.pt", epoch + 1, 0, metrics, None)
+            saver.save("last.pt", epoch + 1, 0, metrics, None)
+            if metrics["val_top1_error"] <= saver.best:
+                saver.save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
         barrier()
         if epoch + 1 < cfg.epochs and stop.requested(ctx.device, ctx.world):
             raise stopped(epoch + 1, 0)
     if ctx.main:
         log.info("plot: %s", plot_run(out))
-    return {**metrics, "best_val_top1_error": best}
+    return {**metrics, "best_val_top1_error": saver.best}
 
 
 def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
@@ -226,47 +206,6 @@ def _validate(t: Trainee, val_set: ImageSet, cfg: TrainConfig, ctx: Context) -> 
     return out
 
 
-def _weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: list[str]) -> dict:
-    """The part of a checkpoint that predict/evaluate/export need (checkpoint.py's schema)."""
-    return {
-        "model": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
-        "spec": spec.to_dict(),
-        "model_name": cfg.model,
-        "class_names": list(classes),
-        "preprocessing": {
-            "resize": cfg.eval_resize,
-            "crop": cfg.eval_crop,
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-            "interpolation": "bilinear",
-        },
-        "config": cfg.to_dict(),
-    }
-
-
-def _restore(
-    t: Trainee, ckpt: dict, spec: Any, ctx: Context
-) -> tuple[int, int, torch.Tensor | None, float]:
-    """Load training state for an exact continuation; returns (epoch, batch, sums, best)."""
-    theirs = ckpt.get("spec") or {}
-    differ = [k for k, v in spec.to_dict().items() if k in theirs and theirs[k] != v]
-    if differ or "optimizer" not in ckpt:
-        have = ", ".join(f"{k}={theirs[k]!r}" for k in differ) or "no training state"
-        want = ", ".join(f"{k}={getattr(spec, k)!r}" for k in differ) or "optimizer, step, rng"
-        raise CheckpointError(f"cannot resume: the checkpoint holds {have}; this run needs {want}")
-    t.raw.load_state_dict(ckpt["model"])
-    t.optimizer.load_state_dict(ckpt["optimizer"])
-    t.scaler.load_state_dict(ckpt["scaler"])
-    if t.ema is not None and ckpt.get("ema") is not None:
-        t.ema.module.load_state_dict(ckpt["ema"])
-    t.step, t.skipped = int(ckpt["step"]), int(ckpt.get("skipped_steps", 0))
-    set_rng_state(ckpt["rng"])
-    sums = ckpt.get("train_sums")
-    # Saved sums are already totals over ranks: rank 0 carries them, the others start at zero.
-    sums = torch.tensor(sums if ctx.main else [0.0] * len(sums)) if sums else None
-    return int(ckpt["epoch"]), int(ckpt.get("batch", 0)), sums, float(ckpt["best_val_top1_error"])
-
-
 def resume_path(resume: str | None, out: Path) -> Path | None:
     """The checkpoint to continue from: `out/last.pt` for "auto" (if present), else the path given."""
     if resume is None:
@@ -323,25 +262,3 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG's state as plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,123 @@
+"""What a training checkpoint holds beyond the weights, and how a run is continued exactly.
+
+`Saver` writes last.pt / best.pt (checkpoint.py's atomic format) with the optimizer, scaler, EMA,
+step, partial-epoch sums and every RNG's state; `restore` loads them back so that a resumed run
+is bit-identical to an uninterrupted one (issues 3 and 7).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnext.checkpoint import CheckpointError, save_checkpoint
+from resnext.config import TrainConfig
+from resnext.distributed import Context
+from resnext.engine import NonFiniteLoss, Trainee
+
+
+class Saver:
+    """Rank 0's checkpoint writer for one run; remembers the last `last.pt` for messages."""
+
+    def __init__(
+        self, t: Trainee, spec: Any, cfg: TrainConfig, classes: list[str], out: Path, best: float
+    ) -> None:
+        self.t, self.spec, self.cfg, self.classes, self.out = t, spec, cfg, classes, out
+        self.best = best  # the best validation error so far, saved with every checkpoint
+        self.last = "none"
+
+    def payload(self, epoch: int, batch: int, metrics: dict | None, sums: list | None) -> dict:
+        t = self.t
+        return {
+            **weights_and_meta(t.raw, self.spec, self.cfg, self.classes),
+            "metrics": metrics,
+            "epoch": epoch,
+            "step": t.step,
+            "batch": batch,
+            "train_sums": sums,
+            "best_val_top1_error": self.best,
+            "skipped_steps": t.skipped,
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": {"kind": self.cfg.schedule, "step": t.step},
+            "scaler": t.scaler.state_dict(),
+            "ema": None if t.ema is None else t.ema.module.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(
+        self, name: str, epoch: int, batch: int, metrics: dict | None, sums: list | None
+    ) -> None:
+        """Write `name` atomically; weights that are not finite are never saved."""
+        if not all(bool(p.isfinite().all()) for p in self.t.raw.parameters()):
+            raise NonFiniteLoss(f"non-finite weights at step {self.t.step}")
+        save_checkpoint(self.out / name, self.payload(epoch, batch, metrics, sums))
+        if name == "last.pt":
+            self.last = f"{self.out / name} (step {self.t.step})"
+
+
+def weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: list[str]) -> dict:
+    """The part of a checkpoint that predict/evaluate/export need (checkpoint.py's schema)."""
+    return {
+        "model": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        "spec": spec.to_dict(),
+        "model_name": cfg.model,
+        "class_names": list(classes),
+        "preprocessing": {
+            "resize": cfg.eval_resize,
+            "crop": cfg.eval_crop,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "interpolation": "bilinear",
+        },
+        "config": cfg.to_dict(),
+    }
+
+
+def restore(
+    t: Trainee, ckpt: dict, spec: Any, ctx: Context
+) -> tuple[int, int, torch.Tensor | None, float]:
+    """Load training state for an exact continuation; returns (epoch, batch, sums, best)."""
+    theirs = ckpt.get("spec") or {}
+    differ = [k for k, v in spec.to_dict().items() if k in theirs and theirs[k] != v]
+    if differ or "optimizer" not in ckpt:
+        have = ", ".join(f"{k}={theirs[k]!r}" for k in differ) or "no training state"
+        want = ", ".join(f"{k}={getattr(spec, k)!r}" for k in differ) or "optimizer, step, rng"
+        raise CheckpointError(f"cannot resume: the checkpoint holds {have}; this run needs {want}")
+    t.raw.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    if t.ema is not None and ckpt.get("ema") is not None:
+        t.ema.module.load_state_dict(ckpt["ema"])
+    t.step, t.skipped = int(ckpt["step"]), int(ckpt.get("skipped_steps", 0))
+    set_rng_state(ckpt["rng"])
+    sums = ckpt.get("train_sums")
+    # Saved sums are already totals over ranks: rank 0 carries them, the others start at zero.
+    sums = torch.tensor(sums if ctx.main else [0.0] * len(sums)) if sums else None
+    return int(ckpt["epoch"]), int(ckpt.get("batch", 0)), sums, float(ckpt["best_val_top1_error"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state as plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
