@@ -4,8 +4,8 @@ measured in the same run (issues 5 and 6).
     python benchmarks/inference.py --checkpoint run/best.pt --data ../shared/data/cifar10-jpeg
 
 Evaluates every image of `DATA/test` (class folders named as the checkpoint's class_names) with
-fp32 eager, fp32 with BN folded, the fp32 fast path (`optimize_for_inference`: channels_last +
-torch.compile with freezing), ONNX Runtime, bf16, and int8 (calibrated on `--calib-images`
+fp32 eager, fp32 with BN folded, `optimize_for_inference` with PyTorch (channels_last +
+torch.compile with freezing) and with ONNX Runtime, bf16, and int8 (calibrated on `--calib-images`
 images spread evenly over `DATA/train`), and prints one JSON line: per path the top-1 accuracy,
 the fraction of images whose top-1 class equals fp32 eager's, and images/s.
 """
@@ -46,7 +46,7 @@ def predictions(model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, 
     return torch.cat(out), len(x) / seconds
 
 
-PATHS = ("fp32", "fp32_fused", "fp32_fast", "onnxruntime", "bf16", "int8")
+PATHS = ("fp32", "fp32_fused", "fp32_compile", "onnxruntime", "bf16", "int8")
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
     builders = {
         "fp32": lambda: model,
         "fp32_fused": lambda: fuse_for_inference(model),
-        "fp32_fast": lambda: optimize_for_inference(model, "fp32"),
+        "fp32_compile": lambda: optimize_for_inference(model, "fp32", backend="torch"),
         "onnxruntime": lambda: optimize_for_inference(model, "fp32", backend="onnxruntime"),
         "bf16": lambda: optimize_for_inference(model, "bf16"),
         "int8": lambda: quantize_int8(model, calibration),

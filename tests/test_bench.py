@@ -10,7 +10,7 @@ import torch
 from resnext import build_model, create_model
 from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference, train_flops
 from resnext.cli import main
-from resnext.runtime import optimize_for_inference, tune_allocator
+from resnext.runtime import OnnxRuntimeModel, optimize_for_inference, tune_allocator
 
 from conftest import randomize_bn, tiny_spec
 
@@ -19,7 +19,7 @@ from conftest import randomize_bn, tiny_spec
 def test_optimize_for_inference_fp32_eager_matches(form: str) -> None:
     model = randomize_bn(build_model(tiny_spec(form=form)))
     x = torch.randn(4, 3, 16, 16)
-    fast = optimize_for_inference(model, "fp32", compile=False)
+    fast = optimize_for_inference(model, "fp32", compile=False, backend="torch")
     with torch.no_grad():
         assert (fast(x) - model(x)).abs().max().item() <= 1e-4
     assert model.training is False and any(
@@ -30,7 +30,7 @@ def test_optimize_for_inference_fp32_eager_matches(form: str) -> None:
 def test_optimize_for_inference_compiled_matches() -> None:
     model = randomize_bn(build_model(tiny_spec(depths=(1, 1, 1), cardinality=2)))
     x = torch.randn(2, 3, 8, 8)
-    fast = optimize_for_inference(model, "fp32", compile=True)
+    fast = optimize_for_inference(model, "fp32", compile=True, backend="torch")
     with torch.no_grad():
         assert (fast(x) - model(x)).abs().max().item() <= 1e-4
 
@@ -38,11 +38,14 @@ def test_optimize_for_inference_compiled_matches() -> None:
 def test_optimize_for_inference_onnxruntime_matches() -> None:
     pytest.importorskip("onnxruntime")
     model = randomize_bn(build_model(tiny_spec(depths=(1, 1, 1), cardinality=2)))
-    fast = optimize_for_inference(model, "fp32", backend="onnxruntime")
-    for batch in (1, 3):  # the exported batch dimension is dynamic
-        x = torch.randn(batch, 3, 16, 16)
+    fast = optimize_for_inference(model, "fp32")  # "auto": ONNX Runtime for fp32 on the CPU
+    assert isinstance(fast, OnnxRuntimeModel)
+    for batch, size in ((1, 16), (3, 16), (2, 24)):  # batch dynamic; one export per image size
+        x = torch.randn(batch, 3, size, size)
         with torch.no_grad():
             assert (fast(x) - model(x)).abs().max().item() <= 1e-4
+    assert sorted(fast.sessions) == [(3, 16, 16), (3, 24, 24)]
+    assert not isinstance(optimize_for_inference(model, "bf16", compile=False), OnnxRuntimeModel)
     with pytest.raises(ValueError, match="fp32 only"):
         optimize_for_inference(model, "bf16", backend="onnxruntime")
     with pytest.raises(ValueError, match="backend must be one of"):

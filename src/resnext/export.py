@@ -39,20 +39,12 @@ def example_input(model: ResNeXt, size: int, batch: int, seed: int = 0) -> Tenso
     return torch.randn(batch, model.spec.in_channels, size, size, generator=g)
 
 
-def _batch_dim(dynamic: bool, spatial: bool = False) -> dict | None:
-    if not dynamic:
-        return None
-    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
-    if spatial:  # any image size the stem can take (the head pools adaptively)
-        dims |= {2: torch.export.Dim("height", min=8), 3: torch.export.Dim("width", min=8)}
-    return {"x": dims}
+def _batch_dim(dynamic: bool) -> dict | None:
+    return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic else None
 
 
-def export_onnx(
-    model: nn.Module, path: Path, example: Tensor, dynamic: bool = True, spatial: bool = False
-) -> None:
-    """ONNX (opset 18) via torch.export, input "x" and output "logits", batch dynamic if asked
-    (and height and width too with `spatial`)."""
+def export_onnx(model: nn.Module, path: Path, example: Tensor, dynamic: bool = True) -> None:
+    """ONNX (opset 18) via torch.export, input "x" and output "logits", batch dynamic if asked."""
     torch.onnx.export(
         model,
         (example,),
@@ -61,7 +53,7 @@ def export_onnx(
         opset_version=ONNX_OPSET,
         input_names=["x"],
         output_names=["logits"],
-        dynamic_shapes=_batch_dim(dynamic, spatial),
+        dynamic_shapes=_batch_dim(dynamic),
         external_data=False,
         verbose=False,
     )
