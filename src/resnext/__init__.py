@@ -5,6 +5,7 @@ from resnext.design import design_width
 from resnext.forms import convert_form
 from resnext.fuse import fuse_for_inference
 from resnext.model import ResNeXt, build_model, create_model
+from resnext.runtime import optimize_for_inference
 from resnext.weights import load_weights, save_safetensors
 from resnext.zoo import ModelSpec, get_spec, list_models, register_model
 
@@ -21,6 +22,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "load_weights",
+    "optimize_for_inference",
     "register_model",
     "save_safetensors",
 ]
