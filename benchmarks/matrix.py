@@ -1,6 +1,6 @@
 """The standard speed matrix of issue 6, written to docs/matrix_{cpu,cuda}.md and JSON beside it.
 
-    python benchmarks/matrix.py                 # CPU rows (about 20 min on 2 cores)
+    python benchmarks/matrix.py                 # CPU rows (37 min measured on 2 idle cores)
     python benchmarks/matrix.py --quick         # small batch and few iterations, for a smoke run
     python benchmarks/matrix.py --device cuda   # GPU rows: AMP, channels_last, compile
 
@@ -31,7 +31,7 @@ def cpu_rows(batch: int, iters: int) -> list[tuple[str, BenchConfig, bool]]:
     """(label, config, tuned allocator) for the CPU matrix.
 
     Slow rows (bf16 without native support, forms a and b) time fewer iterations or a smaller
-    batch so that the whole matrix stays near 20 minutes on 2 cores.
+    batch; the whole matrix took 37 minutes on 2 idle cores (docs/matrix_cpu.md).
     """
     few = max(2, iters // 2)
     infer = BenchConfig("resnext50_32x4d", "infer", batch, iters=iters, layout="nchw", warmup=2)
