@@ -10,7 +10,18 @@ import torch
 from resnext import build_model, create_model
 from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference, train_flops
 from resnext.cli import main
-from resnext.runtime import OnnxRuntimeModel, optimize_for_inference, tune_allocator
+from resnext.config import resolve_config
+from resnext.distributed import Context
+from resnext.runtime import (
+    MergedGroupsConv2d,
+    OnnxRuntimeModel,
+    block_diagonal,
+    merge_small_groups,
+    optimize_for_inference,
+    tune_allocator,
+)
+from resnext.train import _build
+from resnext.zoo import get_spec
 
 from conftest import randomize_bn, tiny_spec
 
@@ -64,6 +75,61 @@ def test_optimize_for_inference_bf16_agrees_on_top1() -> None:
     assert (out - ref).abs().max().item() < 0.1 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize(("groups", "width", "merge"), [(8, 3, 2), (8, 2, 4), (6, 3, 2), (4, 5, 4)])
+def test_block_diagonal_weight_is_the_grouped_conv(groups: int, width: int, merge: int) -> None:
+    per_out = 2
+    w = torch.randn(groups * per_out, width, 3, 3)
+    x = torch.randn(2, groups * width, 7, 7)
+    dense = block_diagonal(w, groups, merge)
+    assert dense.shape == (groups * per_out, merge * width, 3, 3)
+    assert (dense != 0).sum() == (w != 0).sum()  # nothing added but zeros
+    out = torch.nn.functional.conv2d(x, dense, padding=1, groups=groups // merge)
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w, padding=1, groups=groups))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_merged_groups_train_exactly_like_grouped_convs(layout: torch.memory_format) -> None:
+    """The study's C = 8 member has 3-channel groups in its first stage: merged in pairs, the
+    outputs, input gradient and every weight gradient are the grouped model's. In float64, so
+    that no ReLU flips on a rounding difference."""
+    plain = build_model(get_spec("resnext11_8x12d_p16")).train().double()
+    merged = build_model(get_spec("resnext11_8x12d_p16")).train().double()
+    merged.load_state_dict(plain.state_dict())
+    assert merge_small_groups(merged) == 1  # 3-channel groups merge; 6 and 12 do not
+    convs = [m for m in merged.modules() if isinstance(m, MergedGroupsConv2d)]
+    assert [(c.groups, c.merge, c.in_channels) for c in convs] == [(8, 2, 24)]
+    assert list(merged.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = []
+    for model, xi in zip((plain, merged), xs):
+        model.to(memory_format=layout)
+        outs.append(model(xi.contiguous(memory_format=layout)))
+        outs[-1].square().sum().backward()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-10, atol=1e-10)
+    for (name, p), q in zip(plain.named_parameters(), merged.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_merge_leaves_wide_depthwise_and_dense_convs_alone() -> None:
+    for spec, expected in ((tiny_spec(cardinality=4, base_width=4), 0), (tiny_spec(), 0)):
+        assert merge_small_groups(build_model(spec)) == expected
+    depthwise = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=8))
+    assert merge_small_groups(depthwise) == 0
+    two = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, groups=8))  # 2 channels -> 4
+    assert merge_small_groups(two) == 1 and two[0].merge == 2
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_trainer_merges_small_groups_on_the_cpu_unless_told_not(merge: bool) -> None:
+    cfg = resolve_config("cifar", {"merge_groups": merge})
+    ctx = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    trainee = _build(get_spec("resnext11_8x12d_p16"), cfg, ctx)
+    merged = [m for m in trainee.raw.modules() if isinstance(m, MergedGroupsConv2d)]
+    assert len(merged) == (1 if merge else 0)
+
+
 def test_allocator_tuning_switches_on_and_off() -> None:
     assert tune_allocator(True) == tune_allocator(False)  # same answer: supported here or not
 
@@ -91,6 +157,14 @@ def test_bench_row_runs(mode: str) -> None:
     assert row["images_per_s"] > 0 and row["ref_images_per_s"] > 0 and row["ratio"] > 0
     assert 0 < row["fraction_of_peak"] and row["gemm_peak_gflops"] > 0
     assert "| resnet18 |" in markdown([row])
+
+
+def test_bench_row_with_merged_groups() -> None:
+    cfg = BenchConfig("resnext11_8x12d_p16", "train", batch_size=2, warmup=1, iters=1,
+                      layout="nhwc", merge_groups=True)  # fmt: skip
+    row = run_row(cfg)
+    assert row["merge_groups"] and row["images_per_s"] > 0
+    assert "eager + merged groups" in markdown([row])
 
 
 def test_bench_cli_writes_json(tmp_path, capsys) -> None:

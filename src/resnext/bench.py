@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from resnext.complexity import count_complexity
 from resnext.forms import convert_form
 from resnext.model import ResNeXt, create_model
-from resnext.runtime import optimize_for_inference
+from resnext.runtime import merge_small_groups, optimize_for_inference
 
 Mode = Literal["infer", "train"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,6 +44,7 @@ class BenchConfig:
     iters: int = 10
     device: str = "cpu"
     backend: str = "torch"  # inference only: "onnxruntime" runs the exported model in ORT
+    merge_groups: bool = False  # run groups of < 4 channels merged (runtime.merge_small_groups)
 
 
 def torchvision_reference(model: ResNeXt) -> nn.Module | None:
@@ -151,6 +152,8 @@ def run_row(cfg: BenchConfig) -> dict:
     if reference is None:  # no torchvision twin: our own eager fp32 NCHW form (c) is the baseline
         reference = copy.deepcopy(base)
     model = base if cfg.form == "c" else convert_form(base, cfg.form)
+    if cfg.merge_groups:
+        merge_small_groups(model)  # after the reference took its copy of the weights
     size = cfg.input_size or (224 if base.spec.template == "imagenet" else 32)
     shape = (3, size, size)
     flops = (
@@ -213,7 +216,8 @@ def run_row(cfg: BenchConfig) -> dict:
 def _engine(row: dict) -> str:
     if row.get("backend") == "onnxruntime":
         return "ONNX Runtime"
-    return "compile" if row["compile"] else "eager"
+    engine = "compile" if row["compile"] else "eager"
+    return engine + " + merged groups" if row.get("merge_groups") else engine
 
 
 def markdown(rows: list[dict]) -> str:

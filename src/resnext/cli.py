@@ -295,6 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         cfg = BenchConfig(
             name, args.mode, args.batch_size, args.precision, args.layout, args.compile,
             args.form, args.input_size, args.warmup, args.iters, args.device, args.backend,
+            args.merge_groups,
         )  # fmt: skip
         rows.append(run_row(cfg))
     print(markdown(rows), end="")
@@ -420,6 +421,8 @@ def _deployment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--form", choices=["a", "b", "c"], default="c")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="inference engine (onnxruntime: fp32, needs the export extra)")  # fmt: skip
+    p.add_argument("--merge-groups", action=argparse.BooleanOptionalAction, default=False,
+                   help="run groups of fewer than 4 channels merged (what training does on the CPU)")  # fmt: skip
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)

@@ -88,6 +88,7 @@ class TrainConfig:
     device: Device = "auto"
     precision: Precision = "fp32"
     channels_last: bool = False
+    merge_groups: bool = True  # CPU only: run groups of < 4 channels merged (exact; runtime.py)
     compile: bool = False
     seed: int = 0
     deterministic: bool = False

@@ -31,6 +31,7 @@ from resnext.model import build_model
 from resnext.optim import EMA, build_optimizer, lr_at
 from resnext.plot import plot_run
 from resnext.progress import Progress
+from resnext.runtime import merge_small_groups
 from resnext.run_state import Saver, restore
 from resnext.stopping import StopSignals, TrainingStopped
 from resnext.zoo import get_spec
@@ -168,7 +169,8 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
 
 
 def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
-    """Model on its device (SyncBN, channels_last, DDP, compile as asked), optimizer, scaler, EMA."""
+    """Model on its device (SyncBN, channels_last, merged groups, DDP, compile as asked),
+    optimizer, scaler, EMA."""
     raw: nn.Module = build_model(spec)
     if cfg.sync_bn:
         if ctx.device.type != "cuda":
@@ -177,6 +179,8 @@ def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
     raw = raw.to(ctx.device)
     if cfg.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
+    if cfg.merge_groups and ctx.device.type == "cpu":
+        merge_small_groups(raw)
     ddp = None
     model = raw
     if ctx.world > 1:
