@@ -31,8 +31,8 @@ from resnext.model import build_model
 from resnext.optim import EMA, build_optimizer, lr_at
 from resnext.plot import plot_run
 from resnext.progress import Progress
-from resnext.runtime import merge_small_groups
 from resnext.run_state import Saver, restore
+from resnext.runtime import merge_small_groups
 from resnext.stopping import StopSignals, TrainingStopped
 from resnext.zoo import get_spec
 
