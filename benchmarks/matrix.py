@@ -3,6 +3,7 @@
     python benchmarks/matrix.py                 # CPU rows (37 min measured on 2 idle cores)
     python benchmarks/matrix.py --quick         # small batch and few iterations, for a smoke run
     python benchmarks/matrix.py --device cuda   # GPU rows: AMP, channels_last, compile
+    python benchmarks/matrix.py --only 8x12d --out docs/matrix_cpu_8x12d.md   # rows by label
 
 Every row times our model and torchvision's twin (same weights, same input) interleaved in this
 process. The eager rows are run twice, with glibc's allocator defaults and with the tuned
@@ -66,6 +67,13 @@ def cpu_rows(batch: int, iters: int) -> list[tuple[str, BenchConfig, bool]]:
             (f"CIFAR preset {label} train channels_last + bf16",
              replace(cfg, layout="nhwc", precision="bf16", iters=few), True),
         ]  # fmt: skip
+        if cfg.model.endswith("8x12d_p16"):  # 3-channel groups in stage 1: what training runs
+            rows += [
+                (f"CIFAR preset {label} train channels_last + merged groups",
+                 replace(cfg, layout="nhwc", merge_groups=True), True),
+                (f"CIFAR preset {label} train channels_last + merged groups + compile",
+                 replace(cfg, layout="nhwc", merge_groups=True, compile=True), True),
+            ]  # fmt: skip
     return rows
 
 
@@ -84,6 +92,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny batch and iterations")
     parser.add_argument("--out", type=Path, default=None, help="default docs/matrix_DEVICE.md")
+    parser.add_argument("--only", default="", help="run only the rows whose label contains this")
     args = parser.parse_args()
     args.out = args.out or ROOT / "docs" / f"matrix_{args.device}.md"
     if args.device == "cuda":
@@ -91,6 +100,9 @@ def main() -> None:
         plan = gpu_rows(8 if args.quick else 256, 3 if args.quick else 20)
     else:
         plan = cpu_rows(4 if args.quick else 32, 2 if args.quick else 8)
+    plan = [row for row in plan if args.only in row[0]]
+    if not plan:
+        parser.error(f"no row label contains {args.only!r}")
     load_before = os.getloadavg()
     rows = []
     for label, cfg, tuned in plan:
@@ -114,7 +126,8 @@ def main() -> None:
     args.out.write_text(
         f"# Speed matrix ({args.device})\n\nMeasured {time.strftime('%Y-%m-%d')} on {machine}, torch "
         f"{torch.__version__}, with `python benchmarks/matrix.py"
-        f"{' --device cuda' if args.device == 'cuda' else ''}{' --quick' if args.quick else ''}`."
+        f"{' --device cuda' if args.device == 'cuda' else ''}{' --quick' if args.quick else ''}"
+        f"{f' --only {args.only}' if args.only else ''}`."
         f"\nRatios are against torchvision eager fp32 NCHW measured in the same run. "
         f"Load average (1 min) {load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after: "
         f"above 0 means other work shared the cores.\n\n"
