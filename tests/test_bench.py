@@ -10,6 +10,7 @@ import torch
 from resnext import build_model, create_model
 from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference, train_flops
 from resnext.cli import main
+from resnext.complexity import count_complexity
 from resnext.config import resolve_config
 from resnext.distributed import Context
 from resnext.runtime import (
@@ -94,8 +95,9 @@ def test_merged_groups_train_exactly_like_grouped_convs(layout: torch.memory_for
     that no ReLU flips on a rounding difference."""
     plain = build_model(get_spec("resnext11_8x12d_p16")).train().double()
     merged = build_model(get_spec("resnext11_8x12d_p16")).train().double()
-    merged.load_state_dict(plain.state_dict())
     assert merge_small_groups(merged) == 1  # 3-channel groups merge; 6 and 12 do not
+    merged.load_state_dict(plain.state_dict())  # a checkpoint loads into merged layers as is
+    assert count_complexity(merged, (3, 32, 32)) == count_complexity(plain, (3, 32, 32))
     convs = [m for m in merged.modules() if isinstance(m, MergedGroupsConv2d)]
     assert [(c.groups, c.merge, c.in_channels) for c in convs] == [(8, 2, 24)]
     assert list(merged.state_dict()) == list(plain.state_dict())
