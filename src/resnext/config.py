@@ -87,7 +87,7 @@ class TrainConfig:
     # Engine.
     device: Device = "auto"
     precision: Precision = "fp32"
-    channels_last: bool = True  # faster training for every recipe measured (docs/performance.md)
+    channels_last: bool = True  # faster or equal training on the CPU (docs/performance.md)
     merge_groups: bool = True  # CPU only: run groups of < 4 channels merged (exact; runtime.py)
     compile: bool = False
     seed: int = 0
