@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from resnext import build_model, create_model
+from resnext import build_model, create_model, list_models
 from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference, train_flops
 from resnext.cli import main
 from resnext.complexity import count_complexity
@@ -112,6 +112,14 @@ def test_merged_groups_train_exactly_like_grouped_convs(layout: torch.memory_for
     torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-10, atol=1e-10)
     for (name, p), q in zip(plain.named_parameters(), merged.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_merge_keeps_every_zoo_model_as_built(name: str) -> None:
+    """The paper's networks have 4 or more channels per group: no registered model is merged,
+    only narrowed study members like resnext11_8x12d_p16."""
+    with torch.device("meta"):
+        assert merge_small_groups(create_model(name)) == 0
 
 
 def test_merge_leaves_wide_depthwise_and_dense_convs_alone() -> None:
