@@ -60,8 +60,8 @@ class MergedGroupsConv2d(nn.Conv2d):
     """A grouped conv that runs as `merge` times fewer, wider groups with a block-diagonal weight.
 
     The function, the outputs and the gradients are those of the grouped conv (the off-diagonal
-    blocks are exact zeros and receive no gradient); only the kernel changes. Groups of 3-4
-    channels are slow in oneDNN on the CPU, the weight gradient above all: a training step of the
+    blocks are exact zeros and receive no gradient); only the kernel changes. Very narrow groups
+    are slow in oneDNN on the CPU, the weight gradient above all: a training step of the
     study's C = 8 model (3-channel groups in its first stage) runs 1.18-1.21x faster with them
     merged in pairs, although that layer does twice the multiply-adds (docs/performance.md).
     Parameters, state_dict and `groups` stay those of the original layer.
@@ -104,7 +104,8 @@ def merge_small_groups(model: nn.Module, min_width: int = 4) -> int:
     """Run every grouped conv with fewer than `min_width` channels per group as merged groups
     (MergedGroupsConv2d, in place: same parameters and state_dict). Returns how many changed.
     `min_width=4` is the rule measured on a 2-core AVX2 CPU: 3-channel groups gained 1.2x per
-    training step, ResNeXt-50's 4-channel groups nothing (0.98x), so they stay; the trainer
+    training step, ResNeXt-50's 4-channel groups nothing measurable (0.98x, 1.02x), so they
+    stay. The layer's class is swapped in place, so parameters and hooks are kept; the trainer
     applies it on the CPU only."""
     changed = 0
     for module in model.modules():
