@@ -172,9 +172,7 @@ class OnnxRuntimeModel(nn.Module):
         shape = tuple(x.shape[1:])
         if shape not in self.sessions:
             self.sessions[shape] = self._session(shape)
-        session = self.sessions[shape]
-        name = session.get_inputs()[0].name
-        return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        return torch.from_numpy(self.sessions[shape].run(None, {"x": x.numpy()})[0])
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
