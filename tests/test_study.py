@@ -58,6 +58,17 @@ def test_cpu_preset_keeps_the_complexity():
     assert len(study.cardinalities) >= 4 and study.seeds >= 2
 
 
+def test_table4_preset_doubles_the_complexity_three_ways():
+    """Table 4 at CPU scale: deeper, wider and 2x64d all cost about the same, well above 1x."""
+    study = PRESETS["table4-cpu"]
+    rows = {r["label"]: r["macs"] for r in grid(study, run_config(study, {}))}
+    base = rows["1x64d"]
+    doubled = [rows["2x64d"], rows["1x100d"], rows["depth 20"]]
+    assert all(1.5 < m / base < 2.2 for m in doubled)
+    assert max(doubled) / min(doubled) < 1.15
+    assert abs(rows["8x12d"] - base) / base < 0.10 and study.seeds >= 3
+
+
 def test_arms_cover_width_and_depth():
     study = StudyConfig("resnext29_1x64d", (1, 2), "cifar", widths=(96,), depths=(38,))
     arms = [(m.arm, m.label, m.spec.depths) for m in members(study)]

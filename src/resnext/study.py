@@ -40,7 +40,9 @@ class StudyConfig:
 
     `template` names the C = 1 baseline (e.g. resnext29_1x64d); `width_rule` "preserve" solves
     d per C at the baseline's complexity (Table 2), "fixed" keeps d (Figure 7 on CIFAR).
-    `widths` (d values at C = 1) and `depths` (network depths at C = 1) add Table 4's arms.
+    `widths` (d values at C = 1) and `depths` (network depths at C = 1) add Table 4's arms, and
+    `wide_cardinalities` adds members with more groups at the template's own d (Table 4's 2x64d:
+    twice the complexity through cardinality).
     """
 
     template: str
@@ -50,6 +52,7 @@ class StudyConfig:
     width_rule: WidthRule = "preserve"
     widths: tuple[int, ...] = ()
     depths: tuple[int, ...] = ()
+    wide_cardinalities: tuple[int, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,13 +60,28 @@ class StudyConfig:
             raise ValueError(f"cardinalities must be positive, got {self.cardinalities}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be positive, got {self.seeds}")
-        for name in ("widths", "depths"):
+        for name in ("widths", "depths", "wide_cardinalities"):
             if getattr(self, name) and min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         baseline = get_spec(self.template)
         if baseline.block != "bottleneck" or baseline.cardinality != 1:
             raise ValueError(f"template {self.template!r} must be a C = 1 bottleneck network")
 
+
+_CPU_RECIPE = {
+    "epochs": 3,
+    "schedule": "cosine",
+    "milestones": (),
+    "warmup_epochs": 0.3,
+    "lr": 0.2,
+    "nesterov": True,
+    "label_smoothing": 0.1,
+    "channels_last": True,
+    "precision": "fp32",
+    "workers": 0,
+    "checkpoint_steps": 100,
+    "log_steps": 100,
+}
 
 PRESETS: dict[str, StudyConfig] = {
     # Appendix A, Figure 7: ResNeXt-29 with d = 64, C = 1..16 (complexity grows with C), 300 epochs.
@@ -73,25 +91,19 @@ PRESETS: dict[str, StudyConfig] = {
     # Measured on 2 CPU cores (docs/results.md): a ResNeXt-11 at a quarter of the paper's
     # width, fp32 + channels_last (bf16 autocast is 5-20x slower here: no native bf16), and a
     # short cosine schedule with a fractional warm-up and label smoothing.
-    "cpu": StudyConfig(
+    "cpu": StudyConfig("resnext11_1x64d_p16", (1, 2, 4, 8), "cifar", 2, overrides=_CPU_RECIPE),
+    # Table 4 at CPU scale: the cpu preset's C = 1 member at 1x, and three ways to ~1.7x its
+    # MACs (within 4% of each other): deeper (ResNeXt-20, two blocks a stage), wider (1x100d) and
+    # more cardinality at d = 64 (2x64d); the 1x-complexity C = 8 member (8x14d) as a reference.
+    "table4-cpu": StudyConfig(
         "resnext11_1x64d_p16",
-        (1, 2, 4, 8),
+        (1, 8),
         "cifar",
-        2,
-        overrides={
-            "epochs": 3,
-            "schedule": "cosine",
-            "milestones": (),
-            "warmup_epochs": 0.3,
-            "lr": 0.2,
-            "nesterov": True,
-            "label_smoothing": 0.1,
-            "channels_last": True,
-            "precision": "fp32",
-            "workers": 0,
-            "checkpoint_steps": 100,
-            "log_steps": 100,
-        },
+        3,
+        widths=(100,),
+        depths=(20,),
+        wide_cardinalities=(2,),
+        overrides=_CPU_RECIPE,
     ),  # fmt: skip
 }
 
@@ -123,6 +135,9 @@ def members(study: StudyConfig) -> list[Member]:
             d = _design_width(c, base.base_width, base.base_planes)
         spec = dataclasses.replace(base, cardinality=c, base_width=d)
         out.append(Member("cardinality", spec, f"{c}x{d}d"))
+    for c in study.wide_cardinalities:
+        spec = dataclasses.replace(base, cardinality=c)
+        out.append(Member("cardinality", spec, f"{c}x{base.base_width}d"))
     for d in study.widths:
         out.append(Member("width", dataclasses.replace(base, base_width=d), f"1x{d}d"))
     for depth in study.depths:
