@@ -20,15 +20,15 @@ _SRC = Path(__file__).resolve().parent / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:  # a plain checkout works without `pip install`
     sys.path.insert(0, str(_SRC))
 
-from resnext.interop import is_pycls, pycls_to_torchvision  # noqa: E402
-from resnext.model import create_model  # noqa: E402
-from resnext.weights import (  # noqa: E402
+from resnext.files.interop import is_pycls, pycls_to_torchvision  # noqa: E402
+from resnext.files.weights import (  # noqa: E402
     infer_num_classes,
     load_weights,
     read_weights_file,
     unwrap_state_dict,
 )
-from resnext.zoo import list_models  # noqa: E402
+from resnext.models.model import create_model  # noqa: E402
+from resnext.models.zoo import list_models  # noqa: E402
 
 
 def _local_file(weights: str | os.PathLike) -> Path:

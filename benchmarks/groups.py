@@ -4,7 +4,7 @@
 
 For each grouped conv shape, times forward plus backward (input and weight gradients) with the
 groups as built (merge 1) and merged 2, 4, ... times into wider groups with a block-diagonal
-weight (`resnext.runtime.MergedGroupsConv2d`), which does `merge` times the multiply-adds. The
+weight (`resnext.models.merged.MergedGroupsConv2d`), which does `merge` times the multiply-adds. The
 rule `merge_small_groups` applies (merge groups of fewer than 4 channels) comes from this table
 and from whole training steps (docs/performance.md).
 """
@@ -18,7 +18,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from resnext.runtime import tune_allocator
+from resnext.allocator import tune_allocator
 
 # (batch, channels, size, groups, stride): the study's C = 8 member at batch 128 (3-, 6- and
 # 12-channel groups), its C = 4 member (6-channel), and ResNeXt-50 32x4d at batch 32.

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from resnext import fuse_for_inference
-from resnext.images import eval_transform, list_images, read_image
-from resnext.quantize import quantize_int8
-from resnext.runtime import optimize_for_inference
-from resnext.weights import load_model_file
+from resnext.data.images import eval_transform, list_images, read_image
+from resnext.files.weights import load_model_file
+from resnext.inference.backends import optimize_for_inference
+from resnext.inference.quantize import quantize_int8
 
 
 def load_split(root: Path, classes: list[str], transform, every: int = 1):

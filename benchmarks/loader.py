@@ -17,14 +17,14 @@ import time
 
 import torch
 
-from resnext.batches import train_batches
-from resnext.data import load_dataset
-from resnext.engine import Trainee, train_step
-from resnext.model import build_model
-from resnext.optim import build_optimizer
-from resnext.runtime import tune_allocator
-from resnext.study import PRESETS, run_config
-from resnext.zoo import get_spec
+from resnext.allocator import tune_allocator
+from resnext.data.batches import train_batches
+from resnext.data.datasets import load_dataset
+from resnext.models.model import build_model
+from resnext.models.zoo import get_spec
+from resnext.study.grid import PRESETS, run_config
+from resnext.training.engine import Trainee, train_step
+from resnext.training.optim import build_optimizer
 
 
 def main() -> None:

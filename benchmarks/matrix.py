@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from resnext.bench import BenchConfig, markdown, run_row
-from resnext.runtime import tune_allocator
+from resnext.allocator import tune_allocator
+from resnext.inference.bench import BenchConfig, markdown, run_row
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from resnext.config import resolve_config
-from resnext.train import train
+from resnext.training.config import resolve_config
+from resnext.training.train import train
 
 
 def rss_mib() -> float:
@@ -55,8 +55,8 @@ def main() -> None:
         "train_limit": args.limit, "val_limit": 1000, "workers": 0, "log_steps": 10_000,
     })  # fmt: skip
     handler = EpochMemory()
-    logging.getLogger("resnext.train").addHandler(handler)
-    logging.getLogger("resnext.train").setLevel(logging.INFO)
+    logging.getLogger("resnext.training.train").addHandler(handler)
+    logging.getLogger("resnext.training.train").setLevel(logging.INFO)
     print(f"before loading: {rss_mib():.1f} MiB")
     with tempfile.TemporaryDirectory() as out:
         train(cfg, out)

@@ -18,10 +18,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from resnext.design import design_width
-from resnext.model import build_model
-from resnext.runtime import tune_allocator
-from resnext.zoo import ModelSpec
+from resnext.allocator import tune_allocator
+from resnext.models.design import design_width
+from resnext.models.model import build_model
+from resnext.models.zoo import ModelSpec
 
 
 def step_rate(spec: ModelSpec, batch: int, precision: str, layout: str, iters: int) -> float:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext.checkpoint import load_checkpoint, save_checkpoint
 from resnext.cli import main
+from resnext.files.checkpoint import load_checkpoint, save_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

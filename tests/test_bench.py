@@ -8,21 +8,22 @@ import pytest
 import torch
 
 from resnext import build_model, create_model, list_models
-from resnext.bench import BenchConfig, markdown, run_row, torchvision_reference, train_flops
+from resnext.allocator import tune_allocator
 from resnext.cli import main
-from resnext.complexity import count_complexity
-from resnext.config import resolve_config
-from resnext.distributed import Context
-from resnext.runtime import (
-    MergedGroupsConv2d,
-    OnnxRuntimeModel,
-    block_diagonal,
-    merge_small_groups,
-    optimize_for_inference,
-    tune_allocator,
+from resnext.inference.backends import OnnxRuntimeModel, optimize_for_inference
+from resnext.inference.bench import (
+    BenchConfig,
+    markdown,
+    run_row,
+    torchvision_reference,
+    train_flops,
 )
-from resnext.train import _build
-from resnext.zoo import get_spec
+from resnext.models.complexity import count_complexity
+from resnext.models.merged import MergedGroupsConv2d, block_diagonal, merge_small_groups
+from resnext.models.zoo import get_spec
+from resnext.training.config import resolve_config
+from resnext.training.distributed import Context
+from resnext.training.train import _build
 
 from conftest import randomize_bn, tiny_spec
 
@@ -170,7 +171,7 @@ def test_bench_row_runs(mode: str) -> None:
 
 
 def test_bench_row_with_merged_groups(monkeypatch) -> None:
-    import resnext.bench
+    import resnext.inference.bench
 
     merged: list[int] = []  # what the harness merged, layer counts per call
 
@@ -178,7 +179,7 @@ def test_bench_row_with_merged_groups(monkeypatch) -> None:
         merged.append(merge_small_groups(model))
         return merged[-1]
 
-    monkeypatch.setattr(resnext.bench, "merge_small_groups", spy)
+    monkeypatch.setattr(resnext.inference.bench, "merge_small_groups", spy)
     cfg = BenchConfig("resnext11_8x12d_p16", "train", batch_size=2, warmup=1, iters=1,
                       layout="nhwc", merge_groups=True)  # fmt: skip
     row = run_row(cfg)

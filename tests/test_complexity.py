@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resnext import count_complexity, create_model, design_width
-from resnext.design import block_macs
+from resnext.models.design import block_macs
 
 
 def _meta_count(name: str, size: int = 224, **kw):

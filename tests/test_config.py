@@ -5,7 +5,13 @@ import re
 
 import pytest
 
-from resnext.config import RECIPES, config_from_dict, parse_set, resolve_config, save_config
+from resnext.training.config import (
+    RECIPES,
+    config_from_dict,
+    parse_set,
+    resolve_config,
+    save_config,
+)
 
 
 def test_imagenet_recipe_is_section_4():

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnext.batches import eval_batches, eval_indices, train_indices
 from resnext.cli import main
-from resnext.data import BadImageError, ImageSet, load_dataset
-from resnext.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
+from resnext.data.batches import eval_batches, eval_indices, train_indices
+from resnext.data.datasets import BadImageError, ImageSet, load_dataset
+from resnext.data.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
@@ -164,7 +164,7 @@ def add_broken_files(root: Path) -> dict[str, Path]:
 
 def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     bad = add_broken_files(make_folder(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="resnext.data"):
+    with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
         train = load_dataset("folder", str(tmp_path), "train")
     assert len(train) == 6 + 3 and train.images.shape[1:] == (3, 32, 32)  # modes converted
     # dog: 0.jpg, 1.jpg, cmyk.jpg, grey.png, rgba.png at 2..6; rgba.png is cat/0.jpg, opaque.
@@ -178,7 +178,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     # Large-image sets read files per batch: the same files are skipped, each warned once.
     caplog.clear()
     files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
-    with caplog.at_level(logging.WARNING, logger="resnext.data"):
+    with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
         for _ in range(2):
             n = sum(
                 len(y) for _, y in eval_batches(files, 4, (32, 32, False), [0.5] * 3, [0.2] * 3)

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from resnext.checkpoint import load_checkpoint
+from resnext.files.checkpoint import load_checkpoint
 
 ARGS = ["train", "--recipe", "tiny", "--epochs", "1", "--deterministic",
         "--set", "train_limit=32", "--set", "val_limit=16"]  # fmt: skip

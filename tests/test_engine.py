@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from resnext.config import resolve_config
-from resnext.engine import Trainee, evaluate, train_step
-from resnext.model import build_model
-from resnext.optim import EMA, build_optimizer, lr_at, peak_lr
-from resnext.zoo import ModelSpec
+from resnext.models.model import build_model
+from resnext.models.zoo import ModelSpec
+from resnext.training.config import resolve_config
+from resnext.training.engine import Trainee, evaluate, train_step
+from resnext.training.optim import EMA, build_optimizer, lr_at, peak_lr
 
 SPEC = ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, num_classes=5, in_channels=1)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from resnext import ModelSpec, build_model, fuse_for_inference
-from resnext.checkpoint import save_checkpoint
 from resnext.cli import main
+from resnext.files.checkpoint import save_checkpoint
 
 from conftest import randomize_bn
 

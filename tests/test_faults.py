@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
-from resnext.config import resolve_config
-from resnext.engine import NonFiniteLoss
-from resnext.train import _keep_metrics as keep_metrics
-from resnext.train import train
+from resnext.files.checkpoint import load_checkpoint
+from resnext.training.config import resolve_config
+from resnext.training.engine import NonFiniteLoss
+from resnext.training.train import _keep_metrics as keep_metrics
+from resnext.training.train import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 2 epochs of 4 steps (64 images, batch 16), deterministic.
@@ -42,7 +42,7 @@ ARGS = ["train", "--recipe", "tiny", "--epochs", "2", "--deterministic",
 LAUNCHER = """
 import os, sys, time
 from pathlib import Path
-import resnext.checkpoint, resnext.engine
+import resnext.files.checkpoint, resnext.training.engine
 from resnext.cli import main
 
 marker = Path(os.environ["FAULT_MARKER"])
@@ -50,7 +50,7 @@ pause_step = int(os.environ.get("FAULT_PAUSE_STEP", "0"))
 pause_save = int(os.environ.get("FAULT_PAUSE_SAVE", "0"))
 nap = float(os.environ.get("FAULT_NAP", "600"))
 delay = float(os.environ.get("FAULT_STEP_DELAY", "0"))
-real_step, real_replace, saves = resnext.engine.train_step, os.replace, []
+real_step, real_replace, saves = resnext.training.engine.train_step, os.replace, []
 
 def train_step(t, *args, **kwargs):
     if t.step + 1 == pause_step:
@@ -67,8 +67,8 @@ def replace(src, dst):
             time.sleep(nap)
     return real_replace(src, dst)
 
-resnext.engine.train_step = train_step
-resnext.checkpoint.os.replace = replace
+resnext.training.engine.train_step = train_step
+resnext.files.checkpoint.os.replace = replace
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -157,7 +157,7 @@ def test_sigkill_while_writing_a_checkpoint_loses_at_most_the_step_interval(
     assert list(run.glob(".last.pt.*.tmp"))  # the complete but unrenamed new file
     ckpt = load_checkpoint(run / "last.pt")  # the previous one, intact
     assert (ckpt["epoch"], ckpt["batch"]) == (0, 2) and 4 - ckpt["step"] <= 2
-    with caplog.at_level(logging.INFO, logger="resnext.train"):
+    with caplog.at_level(logging.INFO, logger="resnext.training.train"):
         resume(run)
     assert f"resumed {run / 'last.pt'} at epoch 0, batch 2" in caplog.messages
     assert not list(run.glob(".*.tmp"))
@@ -275,7 +275,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys):
 
 def _with_an_infinite_image(monkeypatch, index: int) -> None:
     """Training images as floats with one +inf pixel: every batch holding it has a NaN loss."""
-    module = importlib.import_module("resnext.train")
+    module = importlib.import_module("resnext.training.train")
     real = module.load_dataset
 
     def load(name, root, split, *args):

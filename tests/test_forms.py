@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resnext import build_model, convert_form, create_model
-from resnext.forms import convert_state_dict
+from resnext.models.forms import convert_state_dict
 
 from conftest import tiny_spec
 

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from resnext import ModelSpec, build_model
-from resnext.checkpoint import save_checkpoint
 from resnext.cli import main
-from resnext.images import eval_transform
-from resnext.predict import predict_images
+from resnext.data.images import eval_transform
+from resnext.files.checkpoint import save_checkpoint
+from resnext.inference.predict import predict_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PRE = {"resize": 36, "crop": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from resnext import ModelSpec, build_model
-from resnext.quantize import quantize_int8
+from resnext.inference.quantize import quantize_int8
 
 
 def smooth_images(n: int, g: torch.Generator) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from resnext.cli import main
-from resnext.design import design_width
-from resnext.study import PRESETS, StudyConfig, grid, members, run_config
-from resnext.zoo import get_spec, model_name, parse_name
+from resnext.models.design import design_width
+from resnext.models.zoo import get_spec, model_name, parse_name
+from resnext.study.grid import PRESETS, StudyConfig, grid, members, run_config
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -109,7 +109,7 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
     checkpoint = tmp_path / "cardinality-2x40d-seed0" / "last.pt"
     before = checkpoint.stat().st_mtime_ns
 
-    caplog.set_level("INFO", logger="resnext.study")
+    caplog.set_level("INFO", logger="resnext.study.grid")
     assert main(argv) == 0
     assert checkpoint.stat().st_mtime_ns == before
     assert "skip cardinality-2x40d-seed0: finished" in caplog.text

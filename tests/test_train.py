@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-import resnext.engine
-from resnext.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+import resnext.training.engine
 from resnext.cli import main
-from resnext.config import resolve_config
-from resnext.model import build_model
-from resnext.train import train
-from resnext.transforms import normalize
-from resnext.zoo import ModelSpec
+from resnext.data.transforms import normalize
+from resnext.files.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from resnext.models.model import build_model
+from resnext.models.zoo import ModelSpec
+from resnext.training.config import resolve_config
+from resnext.training.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 TIMING = ("images_per_second", "seconds")
@@ -62,7 +62,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     """2 epochs straight == stopped (after epoch 1, or inside epoch 2) + resumed."""
     cfg = resolve_config("tiny", {"epochs": 2, "deterministic": True, "train_limit": 64})
     train(cfg, tmp_path / "straight")
-    real = resnext.engine.train_step
+    real = resnext.training.engine.train_step
     for name, crash_at, step_ckpt, batch in (("epoch", 5, 0, 0), ("step", 6, 1, 1)):
         calls = []
 
@@ -73,12 +73,12 @@ def test_resume_is_exact(tmp_path, monkeypatch):
             return real(*args, **kwargs)
 
         run = tmp_path / name
-        monkeypatch.setattr(resnext.engine, "train_step", crashing)
+        monkeypatch.setattr(resnext.training.engine, "train_step", crashing)
         with pytest.raises(KeyboardInterrupt):
             train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run)
         ckpt = load_checkpoint(run / "last.pt")
         assert (ckpt["epoch"], ckpt["batch"]) == (1, batch)
-        monkeypatch.setattr(resnext.engine, "train_step", real)
+        monkeypatch.setattr(resnext.training.engine, "train_step", real)
         train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run, resume="auto")
         _assert_same_run(tmp_path / "straight", run)
 

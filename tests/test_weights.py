@@ -11,10 +11,10 @@ from timm.models import resnet as timm_resnet
 from torchvision.models import resnet as tv_resnet
 
 from resnext import ModelSpec, build_model
-from resnext.checkpoint import CheckpointError
 from resnext.cli import main
-from resnext.convert import import_weights
-from resnext.interop import (
+from resnext.files.checkpoint import CheckpointError
+from resnext.files.convert import import_weights
+from resnext.files.interop import (
     infer_spec,
     pycls_to_torchvision,
     registered_name,
@@ -22,7 +22,7 @@ from resnext.interop import (
     torchvision_preprocessing,
     torchvision_to_pycls,
 )
-from resnext.weights import (
+from resnext.files.weights import (
     WeightsError,
     load_model_file,
     load_weights,

@@ -1,13 +1,13 @@
 """ResNeXt (Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", 2017)."""
 
-from resnext.complexity import Complexity, count_complexity
-from resnext.design import design_width
-from resnext.forms import convert_form
-from resnext.fuse import fuse_for_inference
-from resnext.model import ResNeXt, build_model, create_model
-from resnext.runtime import optimize_for_inference
-from resnext.weights import load_weights, save_safetensors
-from resnext.zoo import ModelSpec, get_spec, list_models, register_model
+from resnext.files.weights import load_weights, save_safetensors
+from resnext.inference.backends import optimize_for_inference
+from resnext.models.complexity import Complexity, count_complexity
+from resnext.models.design import design_width
+from resnext.models.forms import convert_form
+from resnext.models.fuse import fuse_for_inference
+from resnext.models.model import ResNeXt, build_model, create_model
+from resnext.models.zoo import ModelSpec, get_spec, list_models, register_model
 
 __all__ = [
     "Complexity",

@@ -10,12 +10,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from resnext.blocks import bottleneck_width
-from resnext.complexity import count_complexity
-from resnext.design import block_macs, design_width
-from resnext.model import build_model
-from resnext.runtime import allocator_tuning_wanted, tune_allocator
-from resnext.zoo import _TEMPLATES, ModelSpec, get_spec, list_models
+from resnext.allocator import allocator_tuning_wanted, tune_allocator
+from resnext.models.blocks import bottleneck_width
+from resnext.models.complexity import count_complexity
+from resnext.models.design import block_macs, design_width
+from resnext.models.model import build_model
+from resnext.models.zoo import _TEMPLATES, ModelSpec, get_spec, list_models
 
 
 class UserError(Exception):
@@ -108,8 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train a recipe; under `torchrun` the same command trains on many processes."""
     from pathlib import Path
 
-    from resnext.config import parse_set, resolve_config
-    from resnext.train import resume_config, train
+    from resnext.training.config import parse_set, resolve_config
+    from resnext.training.train import resume_config, train
 
     flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}  # fmt: skip
@@ -154,9 +154,9 @@ def cmd_study(args: argparse.Namespace) -> None:
     """Train a cardinality study (one run per member and seed) and summarise it (issue 4)."""
     import dataclasses
 
-    from resnext.config import parse_set
-    from resnext.study import PRESETS, StudyConfig, grid, run_config, run_study, write_plan
-    from resnext.study_report import markdown, write_report
+    from resnext.study.grid import PRESETS, StudyConfig, grid, run_config, run_study, write_plan
+    from resnext.study.report import markdown, write_report
+    from resnext.training.config import parse_set
 
     if args.template in PRESETS:
         study = PRESETS[args.template]
@@ -195,7 +195,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Top-1 / top-5 error of a checkpoint on a dataset's validation split."""
-    from resnext.evaluation import evaluate_checkpoint
+    from resnext.training.evaluation import evaluate_checkpoint
 
     for name in ("resize", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Draw a run's training and validation error against epochs."""
-    from resnext.plot import plot_run
+    from resnext.training.plot import plot_run
 
     print(plot_run(args.run_dir))
 
@@ -231,8 +231,8 @@ def _log_to_stderr(enabled: bool) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """Weights from torchvision, timm, pycls or resnext files to a self-describing checkpoint."""
-    from resnext.convert import import_weights
-    from resnext.weights import save_weights_file
+    from resnext.files.convert import import_weights
+    from resnext.files.weights import save_weights_file
 
     overrides = {"form": args.form} if args.form else {}
     payload = import_weights(
@@ -250,7 +250,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export a checkpoint and check the file against eager PyTorch."""
-    from resnext.export import export_checkpoint
+    from resnext.files.export import export_checkpoint
 
     diff = export_checkpoint(args.checkpoint, args.format, args.out, args.batch == "dynamic")
     print(f"wrote {args.out} ({args.format}, {args.batch} batch); max abs diff to eager {diff:.3g}")
@@ -260,7 +260,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Top-k classes for images and folders of images."""
-    from resnext.predict import predict_checkpoint
+    from resnext.inference.predict import predict_checkpoint
 
     read = 0
     for result in predict_checkpoint(args.checkpoint, args.images, args.top_k):
@@ -280,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     """Time models against torchvision's, interleaved in one process (issue 6)."""
     from pathlib import Path
 
-    from resnext.bench import BenchConfig, markdown, run_row
+    from resnext.inference.bench import BenchConfig, markdown, run_row
 
     for flag in ("batch_size", "iters"):
         if getattr(args, flag) < 1:
@@ -438,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint files); 1 the run failed (non-finite loss, an I/O error such as a full disk);
     128 + signal (143 SIGTERM, 130 SIGINT) stopped on request after saving a checkpoint.
     """
-    from resnext.engine import NonFiniteLoss
-    from resnext.stopping import TrainingStopped
+    from resnext.training.engine import NonFiniteLoss
+    from resnext.training.stopping import TrainingStopped
 
     try:
         args = build_parser().parse_args(argv)

@@ -19,10 +19,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from resnext.complexity import count_complexity
-from resnext.forms import convert_form
-from resnext.model import ResNeXt, create_model
-from resnext.runtime import merge_small_groups, optimize_for_inference
+from resnext.inference.backends import optimize_for_inference
+from resnext.models.complexity import count_complexity
+from resnext.models.forms import convert_form
+from resnext.models.merged import merge_small_groups
+from resnext.models.model import ResNeXt, create_model
 
 Mode = Literal["infer", "train"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,7 +45,7 @@ class BenchConfig:
     iters: int = 10
     device: str = "cpu"
     backend: str = "torch"  # inference only: "onnxruntime" runs the exported model in ORT
-    merge_groups: bool = False  # run groups of < 4 channels merged (runtime.merge_small_groups)
+    merge_groups: bool = False  # run groups of < 4 channels merged (merged.merge_small_groups)
 
 
 def torchvision_reference(model: ResNeXt) -> nn.Module | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from resnext.batches import eval_batches
-from resnext.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from resnext.data import load_dataset
-from resnext.distributed import setup
-from resnext.engine import evaluate
+from resnext.data.batches import eval_batches
+from resnext.data.datasets import load_dataset
+from resnext.files.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from resnext.training.distributed import setup
+from resnext.training.engine import evaluate
 
 
 def evaluate_checkpoint(

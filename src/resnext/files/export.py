@@ -15,8 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from resnext.model import ResNeXt
-from resnext.weights import checkpoint_metadata, load_model_file, save_safetensors
+from resnext.files.weights import checkpoint_metadata, load_model_file, save_safetensors
+from resnext.models.model import ResNeXt
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from resnext.model import ResNeXt
+from resnext.models.model import ResNeXt
 
 StateDict = dict[str, Tensor]
 

@@ -13,16 +13,21 @@ from typing import Any
 
 import torch
 
-from resnext.interop import infer_spec, registered_name, source_preprocessing, to_torchvision_layout
-from resnext.model import ResNeXt
-from resnext.weights import (
+from resnext.files.interop import (
+    infer_spec,
+    registered_name,
+    source_preprocessing,
+    to_torchvision_layout,
+)
+from resnext.files.weights import (
     checkpoint_metadata,
     infer_num_classes,
     load_weights,
     read_weights_file,
     unwrap_state_dict,
 )
-from resnext.zoo import ModelSpec, get_spec
+from resnext.models.model import ResNeXt
+from resnext.models.zoo import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 

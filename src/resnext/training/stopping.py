@@ -13,9 +13,9 @@ from types import FrameType, TracebackType
 
 import torch
 
-from resnext.distributed import all_sum
+from resnext.training.distributed import all_sum
 
-log = logging.getLogger("resnext.train")
+log = logging.getLogger("resnext.training.train")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resnext.plot import read_metrics
+from resnext.training.plot import read_metrics
 
 WITHIN_SECONDS = 30 * 60  # "best accuracy within 30 minutes of training" (issue 4)
 

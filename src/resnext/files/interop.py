@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
-from resnext.forms import convert_state_dict
-from resnext.zoo import ModelSpec, get_spec, list_models
+from resnext.models.forms import convert_state_dict
+from resnext.models.zoo import ModelSpec, get_spec, list_models
 
 StateDict = dict[str, Tensor]
 

@@ -5,7 +5,7 @@ All blocks share one signature, `Block(in_channels, planes, stride, cfg)`, and c
     y = relu(transform(x) + shortcut(x))
 
 where the transformation is the aggregated one of eq. (3). The three bottleneck forms compute the
-same function (paper section 3.3); `resnext.forms` converts weights between them.
+same function (paper section 3.3); `resnext.models.forms` converts weights between them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnext.layers import conv1x1, conv3x3, init_conv_, init_norm_, norm
+from resnext.models.layers import conv1x1, conv3x3, init_conv_, init_norm_, norm
 
 Form = Literal["a", "b", "c"]
 Shortcut = Literal["A", "B", "C"]

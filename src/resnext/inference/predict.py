@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext.images import batched_images, eval_transform, list_images
-from resnext.weights import WeightsError, load_model_file
+from resnext.data.images import batched_images, eval_transform, list_images
+from resnext.files.weights import WeightsError, load_model_file
 
 log = logging.getLogger(__name__)
 

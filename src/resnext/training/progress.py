@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import TextIO
 
-log = logging.getLogger("resnext.train")
+log = logging.getLogger("resnext.training.train")
 
 
 class Progress:

@@ -20,15 +20,15 @@ from typing import Any, Literal
 
 import torch
 
-from resnext.blocks import bottleneck_width
-from resnext.complexity import count_complexity
-from resnext.config import TrainConfig, resolve_config
-from resnext.data import decode_once
-from resnext.design import design_width
-from resnext.model import build_model
-from resnext.zoo import ModelSpec, get_spec, model_name
+from resnext.data.datasets import decode_once
+from resnext.models.blocks import bottleneck_width
+from resnext.models.complexity import count_complexity
+from resnext.models.design import design_width
+from resnext.models.model import build_model
+from resnext.models.zoo import ModelSpec, get_spec, model_name
+from resnext.training.config import TrainConfig, resolve_config
 
-log = logging.getLogger("resnext.study")
+log = logging.getLogger("resnext.study.grid")
 
 WidthRule = Literal["preserve", "fixed"]
 WALL_FILE = "wall.json"  # in each run directory: wall seconds of every attempt
@@ -224,7 +224,7 @@ def run_study(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:
 
 
 def _train_all(study: StudyConfig, cfg: TrainConfig, out: Path) -> None:
-    from resnext.train import train
+    from resnext.training.train import train
 
     for seed in range(study.seeds):
         for m in members(study):

@@ -17,15 +17,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from resnext.checkpoint import (
+from resnext.files.checkpoint import (
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from resnext.forms import convert_state_dict
-from resnext.interop import is_pycls, pycls_to_torchvision
-from resnext.model import ResNeXt
+from resnext.files.interop import is_pycls, pycls_to_torchvision
+from resnext.models.forms import convert_state_dict
+from resnext.models.model import ResNeXt
 
 log = logging.getLogger(__name__)
 

@@ -18,25 +18,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.batches import eval_batches, train_batches
-from resnext.checkpoint import (
+from resnext.data.batches import eval_batches, train_batches
+from resnext.data.datasets import ImageSet, load_dataset
+from resnext.files.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
 )
-from resnext.config import TrainConfig, apply_overrides, config_from_dict, save_config
-from resnext.data import ImageSet, load_dataset
-from resnext.distributed import Context, all_sum, barrier, broadcast_buffers, setup, teardown
-from resnext.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
-from resnext.model import build_model
-from resnext.optim import EMA, build_optimizer, lr_at
-from resnext.plot import plot_run
-from resnext.progress import Progress
-from resnext.run_state import Saver, restore
-from resnext.runtime import merge_small_groups
-from resnext.stopping import StopSignals, TrainingStopped
-from resnext.zoo import get_spec
+from resnext.models.merged import merge_small_groups
+from resnext.models.model import build_model
+from resnext.models.zoo import get_spec
+from resnext.training.config import TrainConfig, apply_overrides, config_from_dict, save_config
+from resnext.training.distributed import (
+    Context,
+    all_sum,
+    barrier,
+    broadcast_buffers,
+    setup,
+    teardown,
+)
+from resnext.training.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
+from resnext.training.optim import EMA, build_optimizer, lr_at
+from resnext.training.plot import plot_run
+from resnext.training.progress import Progress
+from resnext.training.run_state import Saver, restore
+from resnext.training.stopping import StopSignals, TrainingStopped
 
-log = logging.getLogger("resnext.train")
+log = logging.getLogger("resnext.training.train")
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:

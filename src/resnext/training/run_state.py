@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.checkpoint import CheckpointError, save_checkpoint
-from resnext.config import TrainConfig
-from resnext.distributed import Context
-from resnext.engine import NonFiniteLoss, Trainee
+from resnext.files.checkpoint import CheckpointError, save_checkpoint
+from resnext.training.config import TrainConfig
+from resnext.training.distributed import Context
+from resnext.training.engine import NonFiniteLoss, Trainee
 
 
 class Saver:

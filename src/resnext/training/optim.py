@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from resnext.config import TrainConfig
+from resnext.training.config import TrainConfig
 
 
 def peak_lr(cfg: TrainConfig) -> float:

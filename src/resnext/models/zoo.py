@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
-from resnext.blocks import Form, Shortcut, bottleneck_width
+from resnext.models.blocks import Form, Shortcut, bottleneck_width
 
 Template = Literal["imagenet", "cifar"]
 BlockKind = Literal["basic", "bottleneck"]

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from resnext.model import ResNeXt
-from resnext.zoo import ModelSpec
+from resnext.models.model import ResNeXt
+from resnext.models.zoo import ModelSpec
 
 FORMAT = "resnext-checkpoint/1"
 

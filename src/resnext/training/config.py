@@ -88,7 +88,9 @@ class TrainConfig:
     device: Device = "auto"
     precision: Precision = "fp32"
     channels_last: bool = True  # faster or equal training on the CPU (docs/performance.md)
-    merge_groups: bool = True  # CPU only: run groups of < 4 channels merged (exact; runtime.py)
+    merge_groups: bool = (
+        True  # CPU only: run groups of < 4 channels merged (exact; models/merged.py)
+    )
     compile: bool = False
     seed: int = 0
     deterministic: bool = False

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from resnext.blocks import BlockConfig, Bottleneck, bottleneck_width
-from resnext.complexity import count_complexity
-from resnext.zoo import BASE_PLANES
+from resnext.models.blocks import BlockConfig, Bottleneck, bottleneck_width
+from resnext.models.complexity import count_complexity
+from resnext.models.zoo import BASE_PLANES
 
 BASELINE_WIDTH = 64  # ResNet's bottleneck width d for C = 1
 

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resnext.blocks import BOTTLENECKS, BasicBlock, BlockConfig, Residual
-from resnext.layers import conv3x3, init_conv_, init_norm_, norm
-from resnext.zoo import ModelSpec, get_spec
+from resnext.models.blocks import BOTTLENECKS, BasicBlock, BlockConfig, Residual
+from resnext.models.layers import conv3x3, init_conv_, init_norm_, norm
+from resnext.models.zoo import ModelSpec, get_spec
 
 STAGE_NAMES = ("conv2", "conv3", "conv4", "conv5")  # the paper's names for the stage outputs
 

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from resnext.config import TrainConfig
-from resnext.data import BAD_IMAGE_ERRORS, ImageSet, describe_error, note_bad, open_rgb
-from resnext.transforms import (
+from resnext.data.datasets import BAD_IMAGE_ERRORS, ImageSet, describe_error, note_bad, open_rgb
+from resnext.data.transforms import (
     crop_flip,
     draw_crop_flip,
     eval_batch,
@@ -24,6 +23,7 @@ from resnext.transforms import (
     normalize,
     train_transform,
 )
+from resnext.training.config import TrainConfig
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:

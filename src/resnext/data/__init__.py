@@ -1,0 +1,1 @@
+"""Data: datasets (image folders, CIFAR, digits), seeded batches, transforms and image decoding."""
