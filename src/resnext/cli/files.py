@@ -1,0 +1,122 @@
+"""`resnext evaluate`, `convert`, `export` and `predict`: the commands that read model files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from resnext.cli.common import UserError, log_to_stderr
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Top-1 / top-5 error of a checkpoint on a dataset's validation split."""
+    from resnext.training.evaluation import evaluate_checkpoint
+
+    for name in ("resize", "crop", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.workers < 0:
+        raise UserError(f"--workers must not be negative, got {args.workers}")
+    log_to_stderr(True)
+    r = evaluate_checkpoint(
+        args.checkpoint, args.dataset, args.data, args.resize, args.crop, args.ten_crop,
+        args.batch_size, args.workers,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(r))
+        return
+    view = f"resize {r['resize']}, {'ten-crop' if r['ten_crop'] else 'crop'} {r['crop']}"
+    print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%  "
+          f"({r['images']} images, {view})")  # fmt: skip
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    """Weights from torchvision, timm, pycls or resnext files to a self-describing checkpoint."""
+    from resnext.files.convert import import_weights
+    from resnext.files.weights import save_weights_file
+
+    overrides = {"form": args.form} if args.form else {}
+    payload = import_weights(
+        args.source, args.input, args.model, args.source_name, args.key, **overrides
+    )
+    save_weights_file(args.out, payload)
+    pre = payload["preprocessing"] or {}
+    print(
+        f"wrote {args.out}: {payload['model_name'] or 'custom spec'} "
+        f"({payload['spec']['num_classes']} classes, form {payload['spec']['form']}), "
+        f"preprocessing resize {pre.get('resize')} crop {pre.get('crop')} "
+        f"{pre.get('interpolation')} (from {payload['source']['weights'] or args.source})"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export a checkpoint and check the file against eager PyTorch."""
+    from resnext.files.export import export_checkpoint
+
+    diff = export_checkpoint(args.checkpoint, args.format, args.out, args.batch == "dynamic")
+    print(f"wrote {args.out} ({args.format}, {args.batch} batch); max abs diff to eager {diff:.3g}")
+    if not diff <= args.tolerance:
+        raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Top-k classes for images and folders of images."""
+    from resnext.inference.predict import predict_checkpoint
+
+    read = 0
+    for result in predict_checkpoint(args.checkpoint, args.images, args.top_k):
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            print(f"resnext: cannot read {result['path']}: {result['error']}", file=sys.stderr)
+        else:
+            top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in result["top"])
+            print(f"{result['path']}: {top}", flush=True)
+        read += "error" not in result
+    if read == 0:
+        raise UserError("no image could be read")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """evaluate, convert, export, predict."""
+    p = sub.add_parser("evaluate", help="top-1 / top-5 error of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True, choices=["folder", "cifar10", "cifar100", "digits"])
+    p.add_argument("--data", default="", help="dataset path")
+    p.add_argument("--resize", type=int, help="shorter side before cropping")
+    p.add_argument("--crop", type=int, help="centre crop (e.g. 224, or 320 as in Table 5)")
+    p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and mirrors")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=4, help="decoding processes for image folders")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
+    p.add_argument("input", metavar="IN", help=".pt/.pth/.safetensors file")
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("torchvision", "timm", "pycls", "resnext"))  # fmt: skip
+    p.add_argument("--out", required=True, help=".pt checkpoint or .safetensors")
+    p.add_argument("--model", default=None, help="registered name (default: from the shapes)")
+    p.add_argument("--source-name", default=None,
+                   help="the source's model name for its preprocessing, e.g. timm's "
+                   "resnext50_32x4d.a1h_in1k")  # fmt: skip
+    p.add_argument("--key", default=None, help="wrapper entry holding the weights (model_ema)")
+    p.add_argument("--form", choices=("a", "b", "c"), default=None, help="block form to store")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="ONNX / TorchScript / ExportedProgram / safetensors")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", required=True,
+                   choices=("onnx", "torchscript", "exported-program", "safetensors"))  # fmt: skip
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of images with a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,75 @@
+"""`resnext train` and `resnext plot`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from resnext.cli.common import UserError, log_to_stderr
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a recipe; under `torchrun` the same command trains on many processes."""
+    from pathlib import Path
+
+    from resnext.training.config import parse_set, resolve_config
+    from resnext.training.train import resume_config, train
+
+    flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}  # fmt: skip
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides |= {"deterministic": True} if args.deterministic else {}
+    overrides |= {"bad_images": args.bad_images} if args.bad_images else {}
+    overrides |= parse_set(args.set)
+    if args.out is None and args.resume in (None, "auto"):
+        raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.out and args.resume not in (None, "auto"):
+        run = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        if run.resolve() != Path(args.out).resolve():
+            raise UserError(
+                f"--resume {args.resume} and --out {args.out} name different run directories; "
+                "a run continues in its own directory (give one of them)"
+            )
+    out = Path(args.out or args.resume)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    log_to_stderr(rank0)
+    cfg = resume_config(args.resume, out, overrides) if args.resume else None
+    result = train(cfg or resolve_config(args.recipe, overrides), out, args.resume)
+    if rank0:
+        err = result["val_top1_error"]
+        print(f"test accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
+              f"top-5 error {result['val_top5_error']:.2f}%, held-out split)")  # fmt: skip
+        print(f"run directory: {out}")
+        print(f"plot: {out / 'errors.png'}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Draw a run's training and validation error against epochs."""
+    from resnext.training.plot import plot_run
+
+    print(plot_run(args.run_dir))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """train, plot."""
+    p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)")
+    p.add_argument("--recipe", default="digits", help="named defaults (default: digits)")
+    p.add_argument("--model", help="registered model name")
+    p.add_argument("--dataset", choices=["folder", "cifar10", "cifar100", "digits"])
+    p.add_argument("--data", help="dataset path")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_batch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true", help="reproducible kernels")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (see config.json of a run)")  # fmt: skip
+    p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its last.pt")
+    p.add_argument("--bad-images", choices=["skip", "error"],
+                   help="unreadable image files: skip with a warning (default) or stop")  # fmt: skip
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="training and validation error against epochs (PNG)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_plot)
