@@ -1,9 +1,20 @@
-"""Shared fixtures: deterministic seeds and small specs."""
+"""Shared fixtures: deterministic seeds, small specs, and image folders the tests write.
+
+Tests make their own data: `write_image_folder` writes real pictures (scikit-learn's handwritten
+digits, scaled to 32x32 and tinted per class so that they are colour JPEGs with learnable
+classes) in the ImageNet layout, plus broken files beside them. Only tests that truly need the
+CIFAR-10 JPEGs in ../shared/data are marked `needs_cifar`; they skip where it is absent, as in a
+user's clone.
+"""
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +51,80 @@ def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_(0, 0.1)
     return model.eval()
+
+
+CIFAR_JPEGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR_JPEGS / "train").is_dir(),
+    reason=f"needs the CIFAR-10 JPEGs in {CIFAR_JPEGS} (absent in a plain clone)",
+)
+CLASSES = ("cat", "dog", "ship")
+_TINTS = ((1.0, 0.6, 0.2), (0.2, 0.9, 0.5), (0.4, 0.5, 1.0), (0.9, 0.9, 0.2), (0.7, 0.2, 0.9))
+
+
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * (255 / 16)).astype(np.uint8), d.target
+
+
+def digit_image(label: int, index: int, size: int = 32):
+    """The `index`-th handwritten `label` as a `size` px RGB PIL image, tinted per class."""
+    from PIL import Image
+
+    images, target = _digits()
+    picks = np.flatnonzero(target == label % 10)
+    grey = Image.fromarray(images[picks[index % len(picks)]]).resize((size, size), Image.BICUBIC)
+    tint = np.array(_TINTS[label % len(_TINTS)])
+    rgb = np.asarray(grey, dtype=np.float64)[..., None] * tint + 20
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def write_image_folder(
+    root: Path,
+    classes: Iterable[str] = CLASSES,
+    per_class: int = 2,
+    splits: Iterable[str] = ("train", "val"),
+    size: int = 32,
+    suffix: str = ".jpg",
+) -> Path:
+    """`root/<split>/<class>/<i><suffix>`: real digit pictures, distinct images per split."""
+    for offset, split in enumerate(splits):
+        for label, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = digit_image(label, offset * 50 + i, size)
+                img.save(folder / f"{i}{suffix}")
+    return Path(root)
+
+
+def write_broken_images(folder: Path) -> dict[str, Path]:
+    """Files that look like images and are not: empty, truncated, text, and a 1x1 PNG."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "_good.jpg"
+    digit_image(0, 0).save(good)
+    data = good.read_bytes()
+    good.unlink()
+    files = {
+        "empty": folder / "empty.jpg",
+        "truncated": folder / "truncated.jpg",
+        "text": folder / "text.png",
+        "tiny": folder / "tiny.png",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    files["text"].write_text("not an image\n")
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(files["tiny"])
+    return files
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Three classes of real digit pictures in train/ and val/, two per class and split."""
+    return write_image_folder(tmp_path / "images")
