@@ -6,7 +6,6 @@ A few go through the real console script; the rest through `resnext.cli.main` in
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from resnext.cli import main
 from resnext.files.checkpoint import load_checkpoint, save_checkpoint
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+from conftest import digit_image, write_image_folder
 
 
 class Planted:
@@ -34,12 +33,9 @@ def paths(tmp_path_factory) -> dict[str, str]:
     run = tmp / "run"
     assert main(["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1",
                  "--set", "train_limit=32", "--set", "val_limit=16"]) == 0  # fmt: skip
-    for split, src in (("train", "train"), ("val", "test")):
-        for c in ("cat", "dog", "ship"):
-            (tmp / "folder" / split / c).mkdir(parents=True)
-            shutil.copy(SHARED / src / c / "0000.jpg", tmp / "folder" / split / c / "0.jpg")
+    write_image_folder(tmp / "folder", per_class=1)
     (tmp / "flat" / "train").mkdir(parents=True)
-    shutil.copy(SHARED / "train" / "cat" / "0000.jpg", tmp / "flat" / "train" / "0.jpg")
+    digit_image(0, 0).save(tmp / "flat" / "train" / "0.jpg")
     (tmp / "file").write_text("a regular file\n")
     torch.save({"model": Planted()}, tmp / "planted.pt")
     data = (run / "last.pt").read_bytes()

@@ -16,7 +16,7 @@ from resnext.data.batches import eval_batches, eval_indices, train_indices
 from resnext.data.datasets import BadImageError, ImageSet, load_dataset
 from resnext.data.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+from conftest import digit_image, write_image_folder
 
 
 def write_cifar10(root: Path, per_batch: int = 4) -> np.ndarray:
@@ -82,13 +82,8 @@ def test_digits_split():
 
 
 def make_folder(root: Path, per_class: int = 2, classes: tuple = ("cat", "dog", "ship")) -> Path:
-    """A few real CIFAR-10 JPEGs copied into an ImageNet-style tree under tmp."""
-    for split, src in (("train", "train"), ("val", "test")):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                shutil.copy(SHARED / src / c / f"{i:04d}.jpg", root / split / c / f"{i}.jpg")
-    return root
+    """A few real pictures (32 px colour digits) in an ImageNet-style tree under tmp."""
+    return write_image_folder(root, classes, per_class)
 
 
 def test_folder_small_images_are_decoded_into_memory(tmp_path):
@@ -218,7 +213,7 @@ def test_empty_class_and_empty_folder_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="no readable images in .*val/<class>/"):
         load_dataset("folder", str(tmp_path), "val")
     shutil.rmtree(tmp_path / "val" / "cat")
-    shutil.copy(SHARED / "test" / "cat" / "0000.jpg", tmp_path / "val" / "0.jpg")
+    digit_image(0, 0).save(tmp_path / "val" / "0.jpg")
     with pytest.raises(ValueError, match="no class folders in .*val"):
         load_dataset("folder", str(tmp_path), "val")
 

@@ -31,6 +31,8 @@ from resnext.training.engine import NonFiniteLoss
 from resnext.training.train import _keep_metrics as keep_metrics
 from resnext.training.train import train
 
+from conftest import write_image_folder
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 2 epochs of 4 steps (64 images, batch 16), deterministic.
 ARGS = ["train", "--recipe", "tiny", "--epochs", "2", "--deterministic",
@@ -199,15 +201,8 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit(tmp_path, straight, signu
 def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
     """As Ctrl-C or Slurm do, every process gets the signal: the DataLoader workers leave it to
     the main process, which finishes its step and saves."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-    for split, src in (("train", "train"), ("val", "test")):
-        for c in ("cat", "dog"):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(8 if split == "train" else 2):
-                name = f"{i:04d}.jpg"
-                (tmp_path / "data" / split / c / name).write_bytes(
-                    (shared / src / c / name).read_bytes()
-                )
+    write_image_folder(tmp_path / "data", ("cat", "dog"), 8, splits=("train",))
+    write_image_folder(tmp_path / "data", ("cat", "dog"), 2, splits=("val",))
     run = tmp_path / "run"
     args = ["--dataset", "folder", "--data", str(tmp_path / "data"), "--batch-size", "4",
             "--set", "in_memory=no", "--set", "workers=2", "--set", "augment=inception",

@@ -12,6 +12,8 @@ from resnext.models.design import design_width
 from resnext.models.zoo import get_spec, model_name, parse_name
 from resnext.study.grid import PRESETS, StudyConfig, grid, members, run_config
 
+from conftest import needs_cifar
+
 DATA = Path(__file__).parents[2] / "shared" / "data"
 
 
@@ -126,6 +128,7 @@ def test_report_only_lists_unfinished_runs(tmp_path, capsys):
     assert "Not finished: cardinality-1x64d-seed0 (1/2 epochs)" in out
 
 
+@needs_cifar
 def test_cpu_preset_resolves_for_the_jpeg_folder():
     """The published command's data path and preset resolve (no training here)."""
     assert (DATA / "cifar10-jpeg" / "train").is_dir()

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from resnext.models.zoo import ModelSpec
 from resnext.training.config import resolve_config
 from resnext.training.train import train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+from conftest import write_image_folder
+
 TIMING = ("images_per_second", "seconds")
 
 
@@ -122,11 +122,7 @@ def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, capsys, args, message)
 
 
 def _folder(root: Path) -> Path:
-    for c in ("cat", "dog", "ship"):
-        (root / "val" / c).mkdir(parents=True)
-        for j in range(3):
-            shutil.copy(SHARED / "test" / c / f"{j:04d}.jpg", root / "val" / c / f"{j}.jpg")
-    return root
+    return write_image_folder(root, per_class=3, splits=("val",))
 
 
 def _checkpoint(path: Path, spec: ModelSpec, crop: int) -> torch.nn.Module:
