@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from resnext.models.fuse import fuse_for_inference
+from resnext.precision import DTYPES as _DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ class OnnxRuntimeModel(nn.Module):
         return torch.from_numpy(self.sessions[shape].run(None, {"x": x.numpy()})[0])
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 

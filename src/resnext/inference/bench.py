@@ -24,9 +24,9 @@ from resnext.models.complexity import count_complexity
 from resnext.models.forms import convert_form
 from resnext.models.merged import merge_small_groups
 from resnext.models.model import ResNeXt, create_model
+from resnext.precision import DTYPES as _DTYPES
 
 Mode = Literal["infer", "train"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from resnext.precision import Precision
+
 Dataset = Literal["folder", "cifar10", "cifar100", "digits"]
 Augment = Literal["crop_flip", "inception", "none"]
 Schedule = Literal["step", "cosine"]
-Precision = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["sgd", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 InMemory = Literal["auto", "yes", "no"]
@@ -97,6 +98,7 @@ class TrainConfig:
     checkpoint_steps: int = 0
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     log_steps: int = 50
+    tensorboard: bool = False  # scalars in RUN/tensorboard/ (the 'tensorboard' extra)
 
     def __post_init__(self) -> None:
         for f in fields(self):

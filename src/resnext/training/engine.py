@@ -15,12 +15,11 @@ from torch import Tensor, nn
 
 from resnext.data.batches import step_generator
 from resnext.data.transforms import mix
+from resnext.precision import DTYPES as _DTYPES
 from resnext.training.config import TrainConfig
 from resnext.training.distributed import all_sum, any_rank
 from resnext.training.optim import EMA, lr_at, set_lr
 from resnext.training.progress import Progress
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
