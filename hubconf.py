@@ -2,8 +2,9 @@
 
     torch.hub.load(repo_dir, "resnext50_32x4d", source="local", weights="model.safetensors")
 
-`weights` is a file (.pt/.pth/.safetensors, any wrapper or block form, pycls names included), a
-URL (downloaded once into the hub cache), or None for random initialisation.
+`weights` is anything `resnext.load_model` reads (.pt/.pth/.safetensors, any wrapper or block
+form, torchvision/timm/pycls names), a URL (downloaded once into the hub cache), or None for
+random initialisation.
 """
 
 from __future__ import annotations
@@ -20,19 +21,13 @@ _SRC = Path(__file__).resolve().parent / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:  # a plain checkout works without `pip install`
     sys.path.insert(0, str(_SRC))
 
-from resnext.files.interop import is_pycls, pycls_to_torchvision  # noqa: E402
-from resnext.files.weights import (  # noqa: E402
-    infer_num_classes,
-    load_weights,
-    read_weights_file,
-    unwrap_state_dict,
-)
+from resnext.files.loader import load_model  # noqa: E402
 from resnext.models.model import create_model  # noqa: E402
 from resnext.models.zoo import list_models  # noqa: E402
 
 
-def _local_file(weights: str | os.PathLike) -> Path:
-    """A URL is downloaded into torch.hub's cache (once); a path is used as it is."""
+def _local_file(weights: str | os.PathLike) -> str | os.PathLike:
+    """A URL is downloaded into torch.hub's cache (once); anything else goes to `load_model`."""
     text = str(weights)
     if urlparse(text).scheme in ("http", "https", "file"):
         import torch.hub
@@ -42,19 +37,14 @@ def _local_file(weights: str | os.PathLike) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(text, str(target), progress=True)
         return target
-    return Path(text)
+    return weights
 
 
 def _build(name: str, weights: str | os.PathLike | None, overrides: dict[str, Any]):
     if weights is None:
         return create_model(name, **overrides)
-    state = unwrap_state_dict(read_weights_file(_local_file(weights)))
-    num_classes = infer_num_classes(pycls_to_torchvision(state) if is_pycls(state) else state)
-    if num_classes is not None:  # a classifier of the file's size unless asked otherwise
-        overrides = {"num_classes": num_classes, **overrides}
-    model = create_model(name, **overrides)
-    load_weights(model, state, strict=True)
-    return model
+    # The entry's architecture, with the file's classifier size unless asked otherwise.
+    return load_model(_local_file(weights), model_name=name, **overrides)
 
 
 def _entry(name: str):
@@ -63,8 +53,9 @@ def _entry(name: str):
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (
-        f"ResNeXt family model `{name}`; `weights`: file, URL or None (random); "
-        "`overrides`: ModelSpec options such as num_classes or form."
+        f"ResNeXt family model `{name}`; `weights`: any model file `resnext.load_model` reads, "
+        "a URL, or None (random); `overrides`: ModelSpec options such as num_classes or form. "
+        "With weights, the model carries .preprocessing and .class_names."
     )
     return entry
 

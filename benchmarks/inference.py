@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 
 from resnext import fuse_for_inference
-from resnext.data.images import eval_transform, list_images, read_image
-from resnext.files.weights import load_model_file
+from resnext.data.images import decode_image, list_images
+from resnext.files.loader import load_model
 from resnext.inference.backends import optimize_for_inference
 from resnext.inference.quantize import quantize_int8
 
 
-def load_split(root: Path, classes: list[str], transform, every: int = 1):
+def load_split(root: Path, classes: list[str], pre, every: int = 1):
     """Images and labels of a class-folder split; every `every`-th file only."""
     paths = list_images([root])[::every]
     index = {c: i for i, c in enumerate(classes)}
-    x = torch.stack([read_image(p, transform) for p in paths])
+    transform = pre.transform()
+    x = torch.stack([transform(decode_image(p, pre.channels)) for p in paths])
     y = torch.tensor([index[p.parent.name] for p in paths])
     return x, y
 
@@ -63,8 +64,8 @@ def main() -> None:
         p.error(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, ckpt = load_model_file(args.checkpoint)
-    classes, transform = ckpt["class_names"], eval_transform(ckpt["preprocessing"])
+    model = load_model(args.checkpoint)
+    classes, transform = model.class_names, model.preprocessing
     data = Path(args.data)
     n_train = len(list_images([data / "train"]))
     calib_x, _ = load_split(

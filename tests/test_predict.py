@@ -9,11 +9,13 @@ from PIL import Image
 
 from resnext import ModelSpec, build_model
 from resnext.cli import main
-from resnext.data.images import eval_transform
+from resnext.data.images import decode_image
+from resnext.data.preprocessing import Preprocessing
 from resnext.files.checkpoint import save_checkpoint
 from resnext.inference.predict import predict_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Written as files made before Preprocessing had `channels` were: channels come from the spec.
 PRE = {"resize": 36, "crop": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 PRE["interpolation"] = "bicubic"
 
@@ -47,8 +49,7 @@ def test_predict_json_over_a_folder_with_a_broken_file(tmp_path, capsys):
             assert all(t["class"] == CLASSES[t["index"]] for t in r["top"])
     # the checkpoint's own preprocessing was applied
     a = next(r for r in results if r["path"].endswith("a.png"))
-    with Image.open(folder / "a.png") as img:
-        x = eval_transform(PRE)(img.convert("RGB"))[None]
+    x = Preprocessing.from_dict(PRE, 3).transform()(decode_image(folder / "a.png", 3))[None]
     with torch.no_grad():
         probs = model(x).softmax(1)[0]
     assert abs(probs[a["top"][0]["index"]].item() - a["top"][0]["prob"]) < 1e-5
@@ -62,8 +63,9 @@ def test_predict_text_output_and_batches_agree(tmp_path, capsys):
     lines = out.splitlines()
     assert len(lines) == 3 and all(any(c in line for c in CLASSES) for line in lines)
     assert "cannot read" in err and "missing.png" in err
-    one = list(predict_images(model, PRE, [folder], CLASSES, batch_size=100))
-    two = list(predict_images(model, PRE, [folder], CLASSES, batch_size=2))
+    pre = Preprocessing.from_dict(PRE, 3)
+    one = list(predict_images(model, pre, [folder], CLASSES, batch_size=100))
+    two = list(predict_images(model, pre, [folder], CLASSES, batch_size=2))
     for r1, r2 in zip(one, two):
         assert r1["path"] == r2["path"]
         if "top" in r1:

@@ -22,14 +22,9 @@ from resnext.files.interop import (
     torchvision_preprocessing,
     torchvision_to_pycls,
 )
-from resnext.files.weights import (
-    WeightsError,
-    load_model_file,
-    load_weights,
-    read_weights_file,
-    save_safetensors,
-    unwrap_state_dict,
-)
+from resnext.files.loader import load_model
+from resnext.files.model_file import read_model_file, save_safetensors
+from resnext.files.weights import WeightsError, load_weights, unwrap_state_dict
 
 from conftest import randomize_bn
 
@@ -200,10 +195,10 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
     model = randomize_bn(build_model(SPEC))
     meta = {"spec": SPEC.to_dict(), "class_names": [str(i) for i in range(10)]}
     path = save_safetensors(tmp_path / "m.safetensors", model.state_dict(), meta)
-    ckpt = read_weights_file(path)
+    ckpt = read_model_file(path)
     assert ckpt["class_names"] == meta["class_names"]
     assert all(torch.equal(ckpt["model"][k], v) for k, v in model.state_dict().items())
-    twin, _ = load_model_file(path)
+    twin = load_model(path)
     assert torch.equal(logits(twin, X), logits(model, X))
 
 
@@ -239,8 +234,8 @@ def test_convert_command_writes_a_self_describing_checkpoint(tmp_path, capsys):
     argv += ["--source-name", "resnext50_32x4d.a1h_in1k"]
     assert main(argv) == 0
     assert "bicubic" in capsys.readouterr().out
-    model, ckpt = load_model_file(out)
-    assert model.spec.form == "b" and ckpt["preprocessing"]["resize"] == 235
+    model = load_model(out)
+    assert model.spec.form == "b" and model.preprocessing.resize == 235
     assert (logits(model, X) - logits(src, X)).abs().max() <= 1e-5
     assert main(["convert", "--from", "pycls", str(path), "--out", str(out)]) == 2
     assert "no mapping" in capsys.readouterr().err

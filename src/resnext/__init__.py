@@ -1,6 +1,9 @@
 """ResNeXt (Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", 2017)."""
 
-from resnext.files.weights import load_weights, save_safetensors
+from resnext.data.preprocessing import Preprocessing
+from resnext.files.loader import load_model
+from resnext.files.model_file import read_model_file, save_safetensors
+from resnext.files.weights import load_weights
 from resnext.inference.backends import optimize_for_inference
 from resnext.models.complexity import Complexity, count_complexity
 from resnext.models.design import design_width
@@ -12,6 +15,7 @@ from resnext.models.zoo import ModelSpec, get_spec, list_models, register_model
 __all__ = [
     "Complexity",
     "ModelSpec",
+    "Preprocessing",
     "ResNeXt",
     "build_model",
     "convert_form",
@@ -21,8 +25,10 @@ __all__ = [
     "fuse_for_inference",
     "get_spec",
     "list_models",
+    "load_model",
     "load_weights",
     "optimize_for_inference",
+    "read_model_file",
     "register_model",
     "save_safetensors",
 ]

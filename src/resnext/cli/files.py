@@ -1,4 +1,8 @@
-"""`resnext evaluate`, `convert`, `export` and `predict`: the commands that read model files."""
+"""`resnext evaluate`, `convert`, `export` and `predict`: the commands that read model files.
+
+Each takes any file `resnext.load_model` reads: a run's last.pt/best.pt, .safetensors, and
+torchvision / timm / pycls weight files.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from resnext.cli.common import UserError, log_to_stderr
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Top-1 / top-5 error of a checkpoint on a dataset's validation split."""
+    """Top-1 / top-5 error of a model file on a dataset's validation split."""
     from resnext.training.evaluation import evaluate_checkpoint
 
     for name in ("resize", "crop", "batch_size"):
@@ -21,26 +25,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     log_to_stderr(True)
     r = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.data, args.resize, args.crop, args.ten_crop,
-        args.batch_size, args.workers,
+        args.batch_size, args.workers, args.split or "auto",
     )  # fmt: skip
     if args.json:
         print(json.dumps(r))
         return
     view = f"resize {r['resize']}, {'ten-crop' if r['ten_crop'] else 'crop'} {r['crop']}"
     print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%  "
-          f"({r['images']} images, {view})")  # fmt: skip
+          f"({r['images']} {r['split']} images, {view})")  # fmt: skip
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """Weights from torchvision, timm, pycls or resnext files to a self-describing checkpoint."""
     from resnext.files.convert import import_weights
-    from resnext.files.weights import save_weights_file
+    from resnext.files.model_file import save_model_file
 
     overrides = {"form": args.form} if args.form else {}
     payload = import_weights(
         args.source, args.input, args.model, args.source_name, args.key, **overrides
     )
-    save_weights_file(args.out, payload)
+    save_model_file(args.out, payload)
     pre = payload["preprocessing"] or {}
     print(
         f"wrote {args.out}: {payload['model_name'] or 'custom spec'} "
@@ -51,21 +55,23 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Export a checkpoint and check the file against eager PyTorch."""
+    """Export a model file and check the result against eager PyTorch."""
     from resnext.files.export import export_checkpoint
 
-    diff = export_checkpoint(args.checkpoint, args.format, args.out, args.batch == "dynamic")
-    print(f"wrote {args.out} ({args.format}, {args.batch} batch); max abs diff to eager {diff:.3g}")
+    dynamic, spatial = args.batch == "dynamic", args.spatial == "dynamic"
+    diff = export_checkpoint(args.checkpoint, args.format, args.out, dynamic, spatial=spatial)
+    shape = f"{args.batch} batch, {args.spatial} height/width"
+    print(f"wrote {args.out} ({args.format}, {shape}); max abs diff to eager {diff:.3g}")
     if not diff <= args.tolerance:
         raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Top-k classes for images and folders of images."""
-    from resnext.inference.predict import predict_checkpoint
+    from resnext.inference.predict import predict_file
 
     read = 0
-    for result in predict_checkpoint(args.checkpoint, args.images, args.top_k):
+    for result in predict_file(args.checkpoint, args.images, args.top_k):
         if args.json:
             print(json.dumps(result), flush=True)
         elif "error" in result:
@@ -78,12 +84,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UserError("no image could be read")
 
 
+MODEL_FILE_HELP = "last.pt/best.pt, .safetensors, or a torchvision/timm/pycls weights file"
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """evaluate, convert, export, predict."""
-    p = sub.add_parser("evaluate", help="top-1 / top-5 error of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("evaluate", help="top-1 / top-5 error of a model file")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     p.add_argument("--dataset", required=True, choices=["folder", "cifar10", "cifar100", "digits"])
     p.add_argument("--data", default="", help="dataset path")
+    p.add_argument("--split", choices=["val", "test"],
+                   help="held-out split (default: a folder's val/ if present, else test/)")  # fmt: skip
     p.add_argument("--resize", type=int, help="shorter side before cropping")
     p.add_argument("--crop", type=int, help="centre crop (e.g. 224, or 320 as in Table 5)")
     p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and mirrors")
@@ -106,16 +117,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="ONNX / TorchScript / ExportedProgram / safetensors")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     p.add_argument("--format", required=True,
                    choices=("onnx", "torchscript", "exported-program", "safetensors"))  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--batch", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--spatial", choices=("dynamic", "static"), default="dynamic",
+                   help="height and width (ONNX, exported-program); default dynamic")  # fmt: skip
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="top-k classes of images with a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("predict", help="top-k classes of images with a model file")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image")

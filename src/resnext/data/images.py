@@ -1,31 +1,95 @@
-"""Image files to model inputs with a checkpoint's own preprocessing (resize, crop, mean, std)."""
+"""Image files to pixels: the one decoder every reader of images goes through.
+
+`decode_image` turns any file PIL opens into the channel count a model takes, so that a grey
+model takes colour photos and a colour model takes grey scans, and so that 16-bit files keep
+their picture (PIL's `convert("RGB")` clips 16-bit values at 255: an all-white image).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import Tensor
 
+from resnext.errors import one_line
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_MODES = {1: "L", 3: "RGB"}
+# Integer modes wider than 8 bits and the factor that scales their full range to 0..255.
+# PNG stores 16 bits at most, and PIL opens 16-bit grey PNGs as "I;16" or (older PIL) "I".
+_WIDE = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0}
 
 
-def eval_transform(preprocessing: dict[str, Any]):
-    """Resize the shorter side, centre-crop, to tensor, normalise: the usual evaluation transform."""
-    from torchvision import transforms as T
+def decode_image(source: str | os.PathLike | IO[bytes], channels: int) -> Image.Image:
+    """Decode an image file into a PIL image of `channels` channels (1: mode "L", 3: "RGB").
 
-    interpolation = T.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
-    return T.Compose(
-        [
-            T.Resize(int(preprocessing["resize"]), interpolation=interpolation),
-            T.CenterCrop(int(preprocessing["crop"])),
-            T.ToTensor(),
-            T.Normalize(preprocessing["mean"], preprocessing["std"]),
-        ]
-    )
+    The contract every caller (training folders, evaluate, predict) relies on:
+    - colour is converted to grey with ITU-R 601 luma, grey to colour by repeating it;
+    - 16-bit and 32-bit integer images are scaled by their bit depth to 8 bits (65535 -> 255),
+      float images from [0, 1] (or [0, 255] when larger); never clipped to white;
+    - palette, RGBA, LA, CMYK, YCbCr and 1-bit images are converted; alpha is dropped, as
+      torchvision's and timm's readers drop it, so a file gives the same pixels everywhere;
+    - the EXIF orientation of photos is applied (a phone photo is not read sideways);
+    - the first frame of an animation is used; the image is fully read, the file closed.
+
+    Raises:
+        OSError: a missing, unreadable, truncated or non-image file.
+        ValueError: a decompression bomb, an unsupported mode or channel count.
+    """
+    if channels not in _MODES:
+        raise ValueError(f"images decode to 1 or 3 channels, not {channels}")
+    try:
+        with Image.open(source) as im:
+            im = ImageOps.exif_transpose(im)
+            return _convert(im, _MODES[channels])
+    except (SyntaxError, Image.DecompressionBombError) as e:  # PIL's odd ones out
+        raise ValueError(f"cannot decode {_name(source)}: {e}") from None
+
+
+def _name(source: str | os.PathLike | IO[bytes]) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "image"
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    """`im` in `mode` ("L" or "RGB"), scaling wide integer and float pixels to 8 bits first."""
+    if im.mode in _WIDE or im.mode == "F":
+        im = Image.fromarray(_to_uint8(np.asarray(im), im.mode))
+    elif im.mode in ("P", "PA") and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns on palette -> RGB with transparency
+    try:
+        out = im.convert(mode)
+    except ValueError:  # PIL converts some modes (LAB) to RGB only
+        try:
+            out = im.convert("RGB").convert(mode)
+        except ValueError:
+            raise ValueError(f"unsupported image mode {im.mode}") from None
+    out.load()
+    return out
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Wide grey pixels to uint8: integers by their bit depth, floats by their range."""
+    x = arr.astype(np.float64)
+    if mode == "F":
+        x = x * 255.0 if x.size and x.max() <= 1.0 else x
+    elif mode == "I" and x.size and x.max() > 65535:  # a true 32-bit image (TIFF): its range
+        x = x * (255.0 / x.max())
+    else:
+        x = x / _WIDE[mode]
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def image_tensor(image: Image.Image) -> Tensor:
+    """A decoded PIL image as a uint8 (C, H, W) tensor."""
+    arr = np.asarray(image, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -39,24 +103,16 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def read_image(path: Path, transform) -> Tensor:
-    """One image as a normalised tensor; raises OSError/ValueError for unreadable files."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return transform(img.convert("RGB"))
-
-
 def batched_images(
-    paths: Sequence[Path], transform, batch_size: int
+    paths: Sequence[Path], transform: Callable[[Image.Image], Tensor], channels: int, batch: int
 ) -> Iterator[tuple[list[Path], Tensor | None, dict[Path, str]]]:
     """Batches of (paths, tensors of the readable ones in order, {unreadable path: reason})."""
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
+    for start in range(0, len(paths), batch):
+        chunk = list(paths[start : start + batch])
         tensors, failed = [], {}
         for path in chunk:
             try:
-                tensors.append(read_image(path, transform))
-            except (OSError, ValueError) as e:  # PIL: missing, truncated, not an image
-                failed[path] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                tensors.append(transform(decode_image(path, channels)))
+            except (OSError, ValueError) as e:  # missing, truncated, not an image
+                failed[path] = one_line(e)
         yield chunk, (torch.stack(tensors) if tensors else None), failed

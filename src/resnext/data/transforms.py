@@ -13,6 +13,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from resnext.data.images import image_tensor
+
 # PCA of ImageNet RGB pixels (AlexNet's lighting noise; fb.resnet.torch, which the paper used).
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 EIGVEC = torch.tensor(
@@ -91,21 +93,39 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def eval_image(img, resize: int, crop: int, ten_crop: bool) -> Tensor:
-    """Per-image evaluation view(s) as uint8: shorter side to `resize`, centre (or ten) crop."""
-    img = TF.resize(TF.to_image(img), resize, antialias=True)
-    if ten_crop:
-        return torch.stack(TF.ten_crop(img, crop))
-    return TF.center_crop(img, crop)
+def eval_views(
+    x: Tensor, resize: int, crop: int, ten_crop: bool = False, interpolation: str = "bilinear"
+) -> Tensor:
+    """The one evaluation geometry, for an image (C, H, W) or a batch (N, C, H, W) of uint8:
+    shorter side to `resize` (antialiased; the longer side rounded down, as torchvision does),
+    then the centre `crop`, or the ten crops (corners, centre and mirrors) in a new dim after N.
 
-
-def eval_batch(x: Tensor, resize: int, crop: int, ten_crop: bool) -> Tensor:
-    """The same views for a whole uint8 batch: (N, C, h, w), or (N, 10, C, h, w) with ten-crop."""
+    Resizing runs in float and rounds back to uint8, so one image and a batch holding it give
+    the same pixels whichever caller (predict, evaluate, export's check) asks.
+    """
     if min(x.shape[-2:]) != resize:
-        x = TF.resize(x.float(), resize, antialias=True).round().clamp(0, 255).to(torch.uint8)
+        mode = TF.InterpolationMode(interpolation)
+        antialias = mode != TF.InterpolationMode.NEAREST
+        x = TF.resize(x.float(), resize, interpolation=mode, antialias=antialias)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     if ten_crop:
-        return torch.stack(TF.ten_crop(x, crop), dim=1)
+        return torch.stack(TF.ten_crop(x, crop), dim=x.dim() - 3)
     return TF.center_crop(x, crop)
+
+
+def eval_image(
+    img, resize: int, crop: int, ten_crop: bool, interpolation: str = "bilinear"
+) -> Tensor:
+    """`eval_views` of one PIL image or uint8 tensor (for DataLoader workers)."""
+    x = img if isinstance(img, Tensor) else image_tensor(img)
+    return eval_views(x, resize, crop, ten_crop, interpolation)
+
+
+def eval_batch(
+    x: Tensor, resize: int, crop: int, ten_crop: bool, interpolation: str = "bilinear"
+) -> Tensor:
+    """`eval_views` of a whole uint8 batch: (N, C, h, w), or (N, 10, C, h, w) with ten-crop."""
+    return eval_views(x, resize, crop, ten_crop, interpolation)
 
 
 def mix(

@@ -1,11 +1,15 @@
 """Export to ONNX, TorchScript, torch.export programs and safetensors, each checked against eager.
 
 Every format is reloaded after writing and run on a batch of a different size than the one used
-for export, so a graph that silently fixed the batch dimension fails here, not in deployment.
+for export, and (with dynamic height and width) on a larger image, so a graph that silently fixed
+a dimension fails here, not in deployment. Class names and preprocessing travel with the file:
+ONNX metadata_props, TorchScript and .pt2 extra files ("resnext.json"), safetensors metadata.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import warnings
@@ -15,22 +19,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from resnext.files.weights import checkpoint_metadata, load_model_file, save_safetensors
+from resnext.extras import require
+from resnext.files.loader import load_model, model_metadata
+from resnext.files.model_file import save_safetensors
 from resnext.models.model import ResNeXt
 
 log = logging.getLogger(__name__)
 
 Format = Literal["onnx", "torchscript", "exported-program", "safetensors"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program", "safetensors")
-ONNX_OPSET = 18  # >= 17 (issue 5); 18 is what torch's dynamo exporter targets natively
+ONNX_OPSET = 18  # >= 17; 18 is what torch's dynamo exporter targets natively
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # export with one batch size, verify with another
-
-
-def input_size(model: ResNeXt, preprocessing: dict | None) -> int:
-    """The square input side: the checkpoint's crop, else 224 (ImageNet) or 32 (CIFAR)."""
-    if preprocessing and preprocessing.get("crop"):
-        return int(preprocessing["crop"])
-    return 224 if model.spec.template == "imagenet" else 32
+CHECK_GROWTH = 32  # verify dynamic height and width on an image this much larger
+META_FILE = "resnext.json"  # extra file of TorchScript and .pt2 archives
 
 
 def example_input(model: ResNeXt, size: int, batch: int, seed: int = 0) -> Tensor:
@@ -39,12 +40,27 @@ def example_input(model: ResNeXt, size: int, batch: int, seed: int = 0) -> Tenso
     return torch.randn(batch, model.spec.in_channels, size, size, generator=g)
 
 
-def _batch_dim(dynamic: bool) -> dict | None:
-    return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic else None
+def _dynamic_dims(batch: bool, spatial: bool) -> dict | None:
+    """torch.export's dynamic shapes for input "x": batch (dim 0), height and width (2, 3)."""
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)} if batch else {}
+    if spatial:  # the smallest side every stride of both stems still leaves a pixel for
+        dims |= {2: torch.export.Dim("height", min=32, max=4096)}
+        dims |= {3: torch.export.Dim("width", min=32, max=4096)}
+    return {"x": dims} if dims else None
 
 
-def export_onnx(model: nn.Module, path: Path, example: Tensor, dynamic: bool = True) -> None:
-    """ONNX (opset 18) via torch.export, input "x" and output "logits", batch dynamic if asked."""
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    example: Tensor,
+    dynamic: bool = True,
+    spatial: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """ONNX (opset 18) via torch.export, input "x" and output "logits", batch and height/width
+    dynamic if asked; `metadata` (JSON values) goes into the model's metadata_props."""
+    onnx = require("onnx", "export", "onnx export")
+    require("onnxscript", "export", "onnx export")
     torch.onnx.export(
         model,
         (example,),
@@ -53,26 +69,31 @@ def export_onnx(model: nn.Module, path: Path, example: Tensor, dynamic: bool = T
         opset_version=ONNX_OPSET,
         input_names=["x"],
         output_names=["logits"],
-        dynamic_shapes=_batch_dim(dynamic),
+        dynamic_shapes=_dynamic_dims(dynamic, spatial),
         external_data=False,
         verbose=False,
     )
+    if metadata:
+        proto = onnx.load(str(path))
+        props = {k: json.dumps(v) for k, v in metadata.items() if v is not None}
+        onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, str(path))
 
 
 def run_onnx(path: Path, x: Tensor) -> Tensor:
     """Outputs of an ONNX file under onnxruntime on the CPU."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "export", "checking an onnx export")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
-def export_torchscript(model: nn.Module, path: Path) -> None:
+def export_torchscript(model: nn.Module, path: Path, metadata: dict | None = None) -> None:
     """TorchScript by scripting (no tracing: no shape baked in)."""
+    extra = {META_FILE: json.dumps(metadata or {})}
     with warnings.catch_warnings():  # deprecated in torch 2.x, still asked for by C++ deployments
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(model), str(path))
+        torch.jit.save(torch.jit.script(model), str(path), _extra_files=extra)
 
 
 def run_torchscript(path: Path, x: Tensor) -> Tensor:
@@ -81,10 +102,18 @@ def run_torchscript(path: Path, x: Tensor) -> Tensor:
         return torch.jit.load(str(path), map_location="cpu")(x)
 
 
-def export_program(model: nn.Module, path: Path, example: Tensor, dynamic: bool = True) -> None:
+def export_program(
+    model: nn.Module,
+    path: Path,
+    example: Tensor,
+    dynamic: bool = True,
+    spatial: bool = True,
+    metadata: dict | None = None,
+) -> None:
     """A torch.export ExportedProgram (.pt2), loadable with `torch.export.load`."""
-    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim(dynamic))
-    torch.export.save(program, str(path))
+    dims = _dynamic_dims(dynamic, spatial)
+    program = torch.export.export(model, (example,), dynamic_shapes=dims)
+    torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(metadata or {})})
 
 
 def run_program(path: Path, x: Tensor) -> Tensor:
@@ -99,6 +128,7 @@ def export_model(
     size: int,
     dynamic: bool = True,
     metadata: dict[str, Any] | None = None,
+    spatial: bool = True,
 ) -> float:
     """Write `model` in format `fmt` to `out`, reload it, and return the max abs diff to eager.
 
@@ -108,7 +138,8 @@ def export_model(
         out: output path.
         size: square input side for the example and check batches.
         dynamic: dynamic batch dimension (ONNX and exported programs; TorchScript always is).
-        metadata: for safetensors, the JSON metadata stored next to the weights.
+        metadata: spec, class names, preprocessing (JSON-able), stored with the file.
+        spatial: dynamic height and width (ONNX and exported programs), checked on a larger image.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -120,21 +151,23 @@ def export_model(
     model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     example = example_input(model, size, EXPORT_BATCH)
-    check = example_input(model, size, CHECK_BATCH if dynamic else EXPORT_BATCH, seed=1)
+    batch = CHECK_BATCH if dynamic else EXPORT_BATCH
+    checks = [example_input(model, size, batch, seed=1)]
+    if spatial and fmt != "safetensors":
+        checks.append(example_input(model, size + CHECK_GROWTH, batch, seed=2))
     if fmt == "onnx":
-        export_onnx(model, out, example, dynamic)
-        got = run_onnx(out, check)
+        export_onnx(model, out, example, dynamic, spatial, metadata)
+        run = functools.partial(run_onnx, out)
     elif fmt == "torchscript":
-        export_torchscript(model, out)
-        got = run_torchscript(out, check)
+        export_torchscript(model, out, metadata)
+        run = functools.partial(run_torchscript, out)
     elif fmt == "exported-program":
-        export_program(model, out, example, dynamic)
-        got = run_program(out, check)
+        export_program(model, out, example, dynamic, spatial, metadata)
+        run = functools.partial(run_program, out)
     else:
         save_safetensors(out, model.state_dict(), metadata)
-        twin, _ = load_model_file(out) if metadata and "spec" in metadata else (None, None)
-        got = (twin or model)(check)
-    diff = (got - model(check)).abs().max().item()
+        run = load_model(out) if metadata and "spec" in metadata else model
+    diff = max((run(x) - model(x)).abs().max().item() for x in checks)
     log.info("%s: %s written, max abs diff to eager %.3g", out, fmt, diff)
     return diff
 
@@ -145,8 +178,12 @@ def export_checkpoint(
     out: str | os.PathLike,
     dynamic: bool = True,
     size: int | None = None,
+    spatial: bool = True,
 ) -> float:
-    """`resnext export`: the checkpoint's model in another format, verified against eager."""
-    model, ckpt = load_model_file(checkpoint)
-    side = size or input_size(model, ckpt.get("preprocessing"))
-    return export_model(model, fmt, out, side, dynamic, checkpoint_metadata(ckpt))
+    """`resnext export`: a model file's model in another format, verified against eager.
+
+    The example input is the model's own preprocessing crop unless `size` is given.
+    """
+    model = load_model(checkpoint)
+    side = size or model.preprocessing.crop
+    return export_model(model, fmt, out, side, dynamic, model_metadata(model), spatial)

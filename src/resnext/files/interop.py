@@ -14,13 +14,12 @@ from typing import Any
 
 from torch import Tensor
 
+from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from resnext.extras import require
 from resnext.models.forms import convert_state_dict
 from resnext.models.zoo import ModelSpec, get_spec, list_models
 
 StateDict = dict[str, Tensor]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Block parts: torchvision name -> pycls name (pycls/models/resnet.py: ResBlock, BottleneckTransform).
 _PYCLS_PARTS = {
@@ -139,35 +138,48 @@ def torchvision_preprocessing(name: str, filename: str | None = None) -> dict[st
         return None
     chosen = next((w for w in enum if filename and w.url.endswith("/" + filename)), enum.DEFAULT)
     t = chosen.transforms()
+    pre = Preprocessing(
+        int(t.resize_size[0]), int(t.crop_size[0]), t.interpolation.value, t.mean, t.std
+    )
     return {
-        "preprocessing": {
-            "resize": int(t.resize_size[0]),
-            "crop": int(t.crop_size[0]),
-            "mean": list(t.mean),
-            "std": list(t.std),
-            "interpolation": t.interpolation.value,
-        },
+        "preprocessing": pre.to_dict(),
         "class_names": list(chosen.meta["categories"]),
         "weights": str(chosen),
     }
 
 
+def torchvision_name_for_file(filename: str) -> str | None:
+    """The torchvision model whose published weights are named `filename`, e.g.
+    "resnet18-f37072fd.pth" -> "resnet18" (the hash tells V1 and V2 weights apart)."""
+    import torchvision
+
+    for name in list_models():
+        try:
+            enum = torchvision.models.get_model_weights(name)
+        except (ValueError, KeyError):
+            continue
+        if any(w.url.endswith("/" + filename) for w in enum):
+            return name
+    return None
+
+
+def timm_name_for_path(path: str) -> str | None:
+    """The timm model a Hugging Face hub cache path names: .../models--timm--NAME/snapshots/..."""
+    m = re.search(r"models--timm--([^/\\]+)", path)
+    return m[1] if m else None
+
+
 def timm_preprocessing(name: str) -> dict[str, Any] | None:
     """Preprocessing timm's pretrained_cfg documents for `name` (e.g. "resnext50_32x4d.a1h_in1k")."""
-    import timm
-
+    timm = require("timm", "timm", "reading timm's documented preprocessing")
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
         return None
     crop = int(cfg.input_size[-1])
+    # timm's eval transform: shorter side floor(crop / crop_pct), then the centre crop.
+    pre = Preprocessing(int(crop / cfg.crop_pct), crop, cfg.interpolation, cfg.mean, cfg.std)
     return {
-        "preprocessing": {
-            "resize": int(crop / cfg.crop_pct),  # timm's eval transform: floor(crop / crop_pct)
-            "crop": crop,
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-            "interpolation": cfg.interpolation,
-        },
+        "preprocessing": pre.to_dict(),
         "class_names": None,
         "weights": f"timm:{name}" + (f".{cfg.tag}" if cfg.tag and "." not in name else ""),
     }
@@ -175,13 +187,7 @@ def timm_preprocessing(name: str) -> dict[str, Any] | None:
 
 # pycls's test transform: shorter side to TEST.IM_SIZE (256), centre crop TRAIN.IM_SIZE (224),
 # cv2 bilinear; its mean/std are ImageNet's in BGR order, which after `bgr_to_rgb` are these.
-PYCLS_PREPROCESSING = {
-    "resize": 256,
-    "crop": 224,
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "interpolation": "bilinear",
-}
+PYCLS_PREPROCESSING = Preprocessing(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 
 
 def source_preprocessing(
@@ -193,7 +199,11 @@ def source_preprocessing(
     if source == "timm" and name:
         return timm_preprocessing(name)
     if source == "pycls":
-        return {"preprocessing": dict(PYCLS_PREPROCESSING), "class_names": None, "weights": "pycls"}
+        return {
+            "preprocessing": PYCLS_PREPROCESSING.to_dict(),
+            "class_names": None,
+            "weights": "pycls",
+        }
     return None
 
 

@@ -1,29 +1,21 @@
-"""Weights in and out: safe reading of .pt/.pth/.safetensors, unwrapping, strict loading with a report.
+"""State dicts into models: unwrapping, foreign names, strict loading with a report.
 
-Nothing here executes code from a file (issue 5): torch files go through `load_checkpoint`
-(`weights_only=True`), safetensors files hold tensors and a JSON string only.
+Files are read by files/model_file.py (the one reader, which never runs code from a file).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from resnext.files.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from resnext.files.checkpoint import CheckpointError
 from resnext.files.interop import is_pycls, pycls_to_torchvision
+from resnext.files.model_file import read_model_file
 from resnext.models.forms import convert_state_dict
 from resnext.models.model import ResNeXt
 
@@ -44,7 +36,6 @@ WRAPPER_KEYS = (
 )
 # Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-SAFETENSORS_META_KEY = "resnext"
 
 
 class WeightsError(CheckpointError):
@@ -85,54 +76,6 @@ def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
     )
-
-
-def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint-like dict from a .pt/.pth/.bin or .safetensors file, read without running code.
-
-    A safetensors file becomes `{"model": tensors, **metadata}` where the metadata is what
-    `save_safetensors` stored (spec, class names, preprocessing), so both formats serve alike.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return load_checkpoint(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"cannot read safetensors file {path}: truncated or corrupt ({reason})"
-        ) from None
-    extra = json.loads(meta[SAFETENSORS_META_KEY]) if SAFETENSORS_META_KEY in meta else {}
-    return {**extra, "model": tensors}
-
-
-def save_safetensors(
-    path: str | os.PathLike, state_dict: Mapping[str, Tensor], metadata: dict | None = None
-) -> Path:
-    """Write tensors (and JSON-able `metadata`) as safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses shared or strided storage: give every tensor its own contiguous copy.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    meta = {SAFETENSORS_META_KEY: json.dumps(metadata)} if metadata else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], key: str | None = None) -> StateDict:
@@ -203,7 +146,7 @@ def load_weights(
         key: the wrapper entry to use (e.g. "model_ema"); default: the first usual one found.
     """
     where = str(source) if isinstance(source, (str, os.PathLike)) else "state_dict"
-    obj = read_weights_file(source) if isinstance(source, (str, os.PathLike)) else source
+    obj = read_model_file(source) if isinstance(source, (str, os.PathLike)) else source
     state = to_model_layout(unwrap_state_dict(obj, key), model)
     target = model.state_dict()
     report = compare_state_dicts(state, target)
@@ -222,27 +165,3 @@ def infer_num_classes(state: Mapping[str, Tensor]) -> int | None:
     """Outputs of the classifier in a torchvision-named state_dict, if it has one."""
     fc = state.get("fc.weight")
     return int(fc.shape[0]) if fc is not None else None
-
-
-def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-able part of a checkpoint that describes the model (no tensors, no recipe state)."""
-    keys = ("spec", "model_name", "class_names", "preprocessing", "config", "metrics", "source")
-    return {k: ckpt[k] for k in keys if ckpt.get(k) is not None}
-
-
-def save_weights_file(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Save a checkpoint payload: .safetensors keeps the weights and the model's metadata only."""
-    if Path(path).suffix == ".safetensors":
-        return save_safetensors(path, payload["model"], checkpoint_metadata(payload))
-    return save_checkpoint(path, dict(payload))
-
-
-def load_model_file(path: str | os.PathLike) -> tuple[ResNeXt, dict[str, Any]]:
-    """The model a resnext checkpoint (.pt or .safetensors) describes, in eval mode, and the file."""
-    ckpt = read_weights_file(path)
-    if not ckpt.get("spec"):
-        raise WeightsError(
-            f"{path} has weights but no model spec; make a checkpoint of it with `resnext convert`"
-        )
-    model = model_from_checkpoint(ckpt, str(path))
-    return model.eval(), ckpt

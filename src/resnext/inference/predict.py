@@ -1,4 +1,4 @@
-"""`resnext predict`: top-k classes for image files, with the checkpoint's own preprocessing."""
+"""`resnext predict`: top-k classes for image files, with the model file's own preprocessing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnext.data.images import batched_images, eval_transform, list_images
-from resnext.files.weights import WeightsError, load_model_file
+from resnext.data.images import batched_images, list_images
+from resnext.data.preprocessing import Preprocessing
+from resnext.files.loader import load_model
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def predict_images(
     model: nn.Module,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     paths: Sequence[str | os.PathLike],
     class_names: Sequence[str] | None = None,
     top_k: int = 5,
@@ -27,10 +28,17 @@ def predict_images(
 ) -> Iterator[dict[str, Any]]:
     """One result per image, in order: `{"path", "top": [{"class", "index", "prob"}]}` or
     `{"path", "error"}` for a file that cannot be read (the others still get predictions).
+
+    Images are decoded to `preprocessing.channels` channels (a grey model takes colour photos).
     """
-    transform = eval_transform(preprocessing)
+    if top_k < 1:
+        raise ValueError(f"--top-k must be positive, got {top_k}")
+    transform = preprocessing.transform()
     model.eval()
-    for chunk, batch, failed in batched_images(list_images(paths), transform, batch_size):
+    found = list_images(paths)
+    for chunk, batch, failed in batched_images(
+        found, transform, preprocessing.channels, batch_size
+    ):
         rows = iter([])
         if batch is not None:
             probs = model(batch).softmax(dim=1)
@@ -48,13 +56,11 @@ def predict_images(
             yield {"path": str(path), "top": top}
 
 
-def predict_checkpoint(
-    checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 5
+def predict_file(
+    source: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 5
 ) -> Iterator[dict[str, Any]]:
-    """`predict_images` with the model, preprocessing and class names a checkpoint holds."""
-    model, ckpt = load_model_file(checkpoint)
-    if not ckpt.get("preprocessing"):
-        raise WeightsError(f"{checkpoint} records no preprocessing; cannot prepare images for it")
+    """`predict_images` with the model, preprocessing and class names of a model file."""
     if top_k < 1:
         raise ValueError(f"--top-k must be positive, got {top_k}")
-    return predict_images(model, ckpt["preprocessing"], paths, ckpt.get("class_names"), top_k)
+    model = load_model(source)
+    return predict_images(model, model.preprocessing, paths, model.class_names, top_k)

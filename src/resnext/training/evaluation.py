@@ -1,4 +1,4 @@
-"""Error of a checkpoint on a dataset's validation split, as the paper measures it (section 5)."""
+"""Error of a model file on a dataset's validation split, as the paper measures it (section 5)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from resnext.data.batches import eval_batches
 from resnext.data.datasets import load_dataset
-from resnext.files.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from resnext.files.loader import load_model
 from resnext.training.distributed import setup
 from resnext.training.engine import evaluate
 
@@ -21,37 +21,48 @@ def evaluate_checkpoint(
     ten_crop: bool = False,
     batch_size: int = 100,
     workers: int = 4,
+    split: str = "auto",
 ) -> dict[str, Any]:
-    """Top-1 and top-5 error (percent) of the checkpoint at `path`.
+    """Top-1 and top-5 error (percent) of the model file at `path`.
+
+    Images go through the model's own Preprocessing (interpolation included), the same
+    transform `predict` uses, so both give the same class for the same image.
 
     Args:
-        path: a checkpoint holding model, spec, class_names and preprocessing.
+        path: any model file `load_model` reads.
         dataset: "folder", "cifar10", "cifar100" or "digits"; its validation/test split is used.
         data: the dataset's path.
         resize: shorter side before cropping; defaults to `crop` if that is given (Table 5's
-            320x320 test), else to the checkpoint's preprocessing.
-        crop: centre crop size (default: the checkpoint's).
+            320x320 test), else to the model file's preprocessing.
+        crop: centre crop size (default: the model file's).
         ten_crop: average the softmax of four corner and centre crops and their mirrors.
+        split: "val", "test", or "auto" (datasets.held_out_split: a folder's val/, else test/).
     """
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, str(path))
-    pre = ckpt.get("preprocessing") or {}
-    if crop is None and "crop" not in pre:
-        raise CheckpointError(f"{path} has no preprocessing; pass --crop")
-    resize = resize or (crop if crop else pre.get("resize", pre.get("crop")))
-    crop = crop or pre["crop"]
-    if resize < crop:
+    if resize is not None and resize < (crop or 0):
         raise ValueError(f"--resize {resize} is smaller than --crop {crop}")
+    model = load_model(path)
+    pre = model.preprocessing.with_view(resize, crop)
     ctx = setup("auto")
-    val = load_dataset(dataset, data, "val")
-    classes = ckpt.get("class_names")
+    val = load_dataset(dataset, data, split)
+    classes = model.class_names
     if classes and list(classes) != val.classes:
         raise ValueError(f"{path} was trained on other classes than {dataset} {data!r} holds")
     if val.images is not None:
+        if val.images.shape[1] != pre.channels:
+            raise ValueError(
+                f"{dataset} {data!r} holds {val.images.shape[1]}-channel images; "
+                f"{path} takes {pre.channels}"
+            )
         val.images, val.labels = val.images.to(ctx.device), val.labels.to(ctx.device)
     model = model.to(ctx.device)
-    batches = eval_batches(
-        val, batch_size, (resize, crop, ten_crop), pre["mean"], pre["std"], workers
-    )
+    view = (pre.resize, pre.crop, ten_crop, pre.interpolation)
+    batches = eval_batches(val, batch_size, view, pre.mean, pre.std, workers)
     result = evaluate(model, batches)
-    return {**result, "resize": resize, "crop": crop, "ten_crop": ten_crop, "checkpoint": str(path)}
+    return {
+        **result,
+        "resize": pre.resize,
+        "crop": pre.crop,
+        "ten_crop": ten_crop,
+        "checkpoint": str(path),
+        "split": val.split,
+    }

@@ -1,0 +1,94 @@
+"""`load_model`: any model file the project reads, to a network ready for evaluation.
+
+One road for every caller (evaluate, predict, export, torch.hub, the Python API):
+
+    source --resolve--> local file --read_model_file--> dict --import_state--> model
+
+`resolve` (files/model_file.py) is the one place where other kinds of sources join.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from resnext.data.preprocessing import Preprocessing, default_preprocessing
+from resnext.files.checkpoint import CheckpointError
+from resnext.files.convert import detect_source, import_state
+from resnext.files.model_file import read_model_file, resolve
+from resnext.models.model import ResNeXt
+
+log = logging.getLogger(__name__)
+
+
+def load_model(
+    source: str | os.PathLike,
+    model_name: str | None = None,
+    key: str | None = None,
+    **overrides: Any,
+) -> ResNeXt:
+    """The network a model file holds, in eval mode, weights loaded strictly.
+
+    Reads resnext checkpoints (.pt from the trainer or `convert`), .safetensors (with resnext's
+    metadata, or a bare state_dict), and bare or wrapped torchvision / timm / pycls state_dicts,
+    whose spec is read from the tensor shapes. The model carries what evaluation needs:
+
+        model.spec           the ModelSpec it was built from
+        model.preprocessing  a Preprocessing: the file's own, the one its source documents
+                             (torchvision, timm, pycls), else ImageNet's defaults (with a warning)
+        model.class_names    list of class names, or None
+
+    Args:
+        source: a model file (anything `resolve` accepts).
+        model_name: registered variant to build a bare state_dict as (default: from the shapes).
+        key: wrapper entry holding the weights, e.g. "model_ema".
+        overrides: ModelSpec options for the built model, e.g. form="a".
+
+    Raises:
+        ValueError (CheckpointError): one line naming the file and what is wrong with it.
+    """
+    path = resolve(source)
+    obj = read_model_file(path)
+    kind, source_name, documented = detect_source(obj, path)
+    model, payload = import_state(
+        kind, obj, path, model_name, source_name, key, documented, **overrides
+    )
+    model.preprocessing = _preprocessing(payload, path, model)
+    model.class_names = payload.get("class_names")
+    model.source = payload.get("source")
+    return model.eval()
+
+
+def _preprocessing(payload: dict[str, Any], path: os.PathLike, model: ResNeXt) -> Preprocessing:
+    spec = model.spec
+    pre = payload.get("preprocessing")
+    if not pre:
+        default = default_preprocessing(spec.template, spec.in_channels)
+        log.warning(
+            "%s records no preprocessing; using resize %d, crop %d, %s, ImageNet mean/std",
+            path, default.resize, default.crop, default.interpolation,
+        )  # fmt: skip
+        return default
+    try:
+        out = Preprocessing.from_dict(pre, channels=spec.in_channels)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if out.channels != spec.in_channels:
+        raise CheckpointError(
+            f"{path}: preprocessing is for {out.channels} channels, the model takes "
+            f"{spec.in_channels}"
+        )
+    return out
+
+
+def model_metadata(model: ResNeXt) -> dict[str, Any]:
+    """What `load_model` attached to a model, as a checkpoint's metadata (for writing files)."""
+    pre = getattr(model, "preprocessing", None)
+    return {
+        "spec": model.spec.to_dict(),
+        "model_name": getattr(model, "name", None),
+        "class_names": getattr(model, "class_names", None),
+        "preprocessing": pre.to_dict() if pre is not None else None,
+        "source": getattr(model, "source", None),
+    }

@@ -1,0 +1,167 @@
+"""The one reader and writer of model files: .pt/.pth/.bin (torch) and .safetensors.
+
+Nothing here executes code from a file: torch files are read with `weights_only=True`,
+safetensors files hold tensors and a JSON string only. What a file holds comes back as a
+checkpoint-like dict, whatever the format (`load_model` in files/loader.py builds the model):
+
+    model           the weights (a state_dict, possibly wrapped, as the file stores it)
+    spec            ModelSpec.to_dict(), if the file is ours
+    model_name, class_names, preprocessing, source, config, metrics, ...   (ours)
+    epoch, step, optimizer, scheduler, scaler, ema, rng   training state (trainer's .pt files)
+
+Training's `last.pt`/`best.pt` are written by files/checkpoint.py's atomic `save_checkpoint`
+(format "resnext-checkpoint/1") and read here like every other file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from resnext.errors import one_line
+from resnext.extras import require
+from resnext.files.checkpoint import CheckpointError, current_umask, save_checkpoint
+
+SAFETENSORS_META_KEY = "resnext"
+# The keys of a checkpoint that describe the model (JSON-able, no tensors, no training state).
+METADATA_KEYS = (
+    "spec",
+    "model_name",
+    "class_names",
+    "preprocessing",
+    "config",
+    "metrics",
+    "source",
+)
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """The local file a model source names. The one hook for other kinds of sources.
+
+    Today only existing files; a source that is not one raises ValueError.
+    """
+    path = Path(source)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a model file")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (no such model file)")
+    return path
+
+
+def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Everything a model file holds, as a dict, read without running code from it.
+
+    A bare state_dict comes back as it is (a dict of tensors); a safetensors file as
+    `{"model": tensors, **our metadata}`. Raises CheckpointError (a ValueError) with one line
+    naming the file and why for a missing, empty, truncated, foreign or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (no such model file)")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    if kind is None:
+        raise CheckpointError(
+            f"{path} is not a model file (neither a PyTorch nor a safetensors file)"
+        )
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path} is not a model file: {one_line(e)}") from None
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, "
+            "and unpickling them could run code"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
+        reason = one_line(e).split(". ")[0]
+        raise CheckpointError(f"cannot read {path}: truncated or corrupt ({reason})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not weights or a checkpoint")
+    return obj
+
+
+def _sniff(path: Path) -> str | None:
+    """ "torch" (zip or legacy pickle), "safetensors" or None, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        size = int.from_bytes(head[:8], "little")
+        if 0 < size <= path.stat().st_size:
+            return "safetensors"
+        return "torch" if path.suffix != ".safetensors" else "safetensors"
+    if path.suffix == ".safetensors" and head:
+        return "safetensors"  # let safetensors say what is wrong with it
+    if not head:
+        raise CheckpointError(f"{path} is empty, not a model file")
+    return None
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    safe_open = require("safetensors", "export", "reading safetensors files").safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(
+            f"cannot read {path}: truncated or corrupt safetensors file ({one_line(e)})"
+        ) from None
+    try:
+        extra = json.loads(meta[SAFETENSORS_META_KEY]) if SAFETENSORS_META_KEY in meta else {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable resnext metadata ({e})") from None
+    return {**extra, "model": tensors}
+
+
+def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a checkpoint that describes the model (no tensors, no recipe state)."""
+    out = {k: ckpt[k] for k in METADATA_KEYS if ckpt.get(k) is not None}
+    pre = out.get("preprocessing")
+    if pre is not None and hasattr(pre, "to_dict"):
+        out["preprocessing"] = pre.to_dict()
+    return out
+
+
+def save_safetensors(
+    path: str | os.PathLike, state_dict: Mapping[str, Tensor], metadata: dict | None = None
+) -> Path:
+    """Write tensors (and JSON-able `metadata`) as safetensors, atomically."""
+    save_file = require("safetensors.torch", "export", "writing safetensors files").save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or strided storage: give every tensor its own contiguous copy.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = {SAFETENSORS_META_KEY: json.dumps(metadata)} if metadata else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model_file(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Save a checkpoint payload: .safetensors keeps the weights and the model's metadata only."""
+    if Path(path).suffix == ".safetensors":
+        return save_safetensors(path, payload["model"], checkpoint_metadata(payload))
+    payload = dict(payload)
+    if hasattr(payload.get("preprocessing"), "to_dict"):
+        payload["preprocessing"] = payload["preprocessing"].to_dict()
+    return save_checkpoint(path, payload)
