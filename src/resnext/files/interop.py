@@ -96,10 +96,12 @@ def infer_spec(state: Mapping[str, Tensor]) -> ModelSpec:
     depths = tuple(1 + max(b for s2, b in blocks if s2 == s) for s in stages)
     bottleneck = "layer1.0.conv3.weight" in state
     cardinality, base_width = 1, 64
+    base_planes = int(stem.shape[0])  # the stem's width is the first stage's planes
     if bottleneck:
-        grouped = state["layer1.0.conv2.weight"]  # [C*d, d, 3, 3] in the first stage (planes 64)
-        base_width = int(grouped.shape[1])
-        cardinality = int(grouped.shape[0]) // base_width
+        grouped = state["layer1.0.conv2.weight"]  # [C*w, w, 3, 3], w = planes * d / 64
+        width = int(grouped.shape[1])
+        cardinality = int(grouped.shape[0]) // width
+        base_width = round(width * 64 / base_planes)
     has_proj = {(s, b) for s, b in blocks if f"layer{s}.{b}.downsample.0.weight" in state}
     shortcut = "C" if any(b > 0 for _, b in has_proj) else ("B" if has_proj else "A")
     return ModelSpec(
@@ -111,6 +113,7 @@ def infer_spec(state: Mapping[str, Tensor]) -> ModelSpec:
         num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else 0,
         in_channels=int(stem.shape[1]),
         shortcut=shortcut,
+        base_planes=base_planes,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ from resnext.data.datasets import load_dataset
 from resnext.files.loader import load_model
 from resnext.training.distributed import setup
 from resnext.training.engine import evaluate
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(
@@ -44,9 +47,7 @@ def evaluate_checkpoint(
     pre = model.preprocessing.with_view(resize, crop)
     ctx = setup("auto")
     val = load_dataset(dataset, data, split)
-    classes = model.class_names
-    if classes and list(classes) != val.classes:
-        raise ValueError(f"{path} was trained on other classes than {dataset} {data!r} holds")
+    _check_classes(model, val.classes, path, f"{dataset} {data!r}")
     if val.images is not None:
         if val.images.shape[1] != pre.channels:
             raise ValueError(
@@ -66,3 +67,18 @@ def evaluate_checkpoint(
         "checkpoint": str(path),
         "split": val.split,
     }
+
+
+def _check_classes(model: Any, classes: list[str], path: Any, where: str) -> None:
+    """Refuse a dataset of other classes. Imported weights name their classes in words
+    ("tench") where an ImageNet folder has synset ids ("n01440764") in the same sorted order,
+    so for them only the count must agree."""
+    ours = model.class_names
+    if not ours or list(ours) == list(classes):
+        return
+    if len(ours) != len(classes) or not getattr(model, "source", None):
+        raise ValueError(f"{path} was trained on other classes than {where} holds")
+    log.warning(
+        "%s names its %d classes otherwise than %s (%s vs %s); taking the folders' sorted "
+        "order as the model's class order", path, len(ours), where, ours[0], classes[0],
+    )  # fmt: skip
