@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from resnext.cli.cluster import add_launcher_arguments, cluster_options
 from resnext.cli.common import UserError, int_list, log_to_stderr
 
 
@@ -34,6 +35,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     flags = {"dataset": args.dataset, "data": args.data, "epochs": args.epochs}
     cfg = run_config(study, {k: v for k, v in flags.items() if v is not None} | parse_set(args.set))
     log_to_stderr(True)
+    launch = None if args.report_only else cluster_options(args, study=True)
     if not args.report_only:
         print(f"study {args.template}: {study.seeds} seed(s), recipe {study.recipe}, "
               f"{cfg.epochs} epochs, {cfg.dataset} {cfg.data}".rstrip())  # fmt: skip
@@ -43,7 +45,13 @@ def cmd_study(args: argparse.Namespace) -> None:
             print(f"| {r['arm']} | {r['model']} | {r['cardinality']} | {r['d']} "
                   f"| {r['group_width']} | {r['depth']} | {r['params']:,} "
                   f"| {r['macs'] / 1e6:.1f} |", flush=True)  # fmt: skip
-        run_study(study, cfg, args.out)
+        if launch is None:
+            run_study(study, cfg, args.out)
+        else:
+            from resnext.study.launch import submit_study
+
+            if not submit_study(study, cfg, args.out, launch):
+                return  # --no-wait: the jobs run on; --report-only collects them
     else:
         write_plan(study, cfg, args.out)
     print(markdown(write_report(args.out)), end="")
@@ -66,4 +74,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe field for every run")  # fmt: skip
     p.add_argument("--report-only", action="store_true", help="summarise the runs so far")
+    add_launcher_arguments(p, study=True)
     p.set_defaults(func=cmd_study)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from resnext.cli.cluster import add_launcher_arguments, cluster_options
 from resnext.cli.common import UserError, log_to_stderr
 
 
@@ -31,10 +32,19 @@ def cmd_train(args: argparse.Namespace) -> None:
                 "a run continues in its own directory (give one of them)"
             )
     out = Path(args.out or args.resume)
+    launch = cluster_options(args, study=False)
     rank0 = os.environ.get("RANK", "0") == "0"
     log_to_stderr(rank0)
     cfg = resume_config(args.resume, out, overrides) if args.resume else None
-    result = train(cfg or resolve_config(args.recipe, overrides), out, args.resume)
+    cfg = cfg or resolve_config(args.recipe, overrides)
+    if launch is not None:
+        from resnext.training.launcher import submit_train
+
+        result = submit_train(cfg, out, args.resume, launch)
+        if result is None:
+            return  # --no-wait
+    else:
+        result = train(cfg, out, args.resume)
     if rank0:
         err = result["val_top1_error"]
         print(f"test accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
@@ -68,6 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its last.pt")
     p.add_argument("--bad-images", choices=["skip", "error"],
                    help="unreadable image files: skip with a warning (default) or stop")  # fmt: skip
+    add_launcher_arguments(p, study=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plot", help="training and validation error against epochs (PNG)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 log = logging.getLogger("resnext.training.train")
@@ -19,8 +20,10 @@ class Progress:
         enabled: bool = True,
         every: int = 50,
         stream: TextIO | None = None,
+        sink: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.total, self.desc, self.enabled, self.every = total, desc, enabled, max(every, 1)
+        self.sink = sink  # also gets every `every`-th step's values (TensorBoard)
         self.stream = stream if stream is not None else sys.stderr
         self.tty = enabled and self.stream.isatty()
         self.drawn = False
@@ -31,6 +34,8 @@ class Progress:
 
     def update(self, done: int, **values: float) -> None:
         """Show `done` of `total` steps with named values (loss, error, images/s)."""
+        if self.sink is not None and (done % self.every == 0 or done == self.total):
+            self.sink(done, values)
         text = " ".join(f"{k.replace('_', '/')} {v:.4g}" for k, v in values.items())
         if not self.tty:
             log.info("%s step %d/%d %s", self.desc, done, self.total, text)

@@ -42,6 +42,7 @@ from resnext.training.plot import plot_run
 from resnext.training.progress import Progress
 from resnext.training.run_state import Saver, restore
 from resnext.training.stopping import StopSignals, TrainingStopped
+from resnext.training.tensorboard import Board
 
 log = logging.getLogger("resnext.training.train")
 
@@ -70,6 +71,7 @@ def _train(
 ) -> dict[str, Any]:
     if ctx.main:
         check_writable(out)
+    board = Board(cfg, out, ctx.main)  # a missing tensorboard package fails before any work
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = _load_data(cfg, ctx)
     spec = get_spec(
@@ -94,6 +96,7 @@ def _train(
         save_config(cfg, out / "config.json")
         remove_stale_temporaries(out)  # left by a process killed while saving
         _keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
+        board.open(t.step)
     log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
 
@@ -117,8 +120,9 @@ def _train(
                 raise stopped(epoch, batch)
 
         progress = Progress(
-            steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps
-        )
+            steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps,
+            sink=board.step_logger(epoch, steps_per_epoch),
+        )  # fmt: skip
         batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world)
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
@@ -140,9 +144,11 @@ def _train(
             if metrics["val_top1_error"] <= saver.best:
                 saver.save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
+            board.epoch(metrics, t.step)
         barrier()
         if epoch + 1 < cfg.epochs and stop.requested(ctx.device, ctx.world):
             raise stopped(epoch + 1, 0)
+    board.close()
     if ctx.main:
         log.info("plot: %s", plot_run(out))
     return {**metrics, "best_val_top1_error": saver.best}

@@ -1,0 +1,186 @@
+"""submitit jobs: a study and a training through `--cluster local` (submitit's LocalExecutor runs
+the very jobs SLURM would), the requeue hook, a pre-empted and a killed job resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnext.cli import main
+from resnext.training.config import resolve_config
+from resnext.training.train import train
+
+submitit = pytest.importorskip("submitit")
+from resnext.training.launcher import (  # noqa: E402
+    ClusterOptions,
+    JobFailed,
+    TrainJob,
+    job_result,
+    make_executor,
+)
+
+TINY = ["--recipe", "tiny", "--deterministic", "--set", "train_limit=64", "--set", "val_limit=32"]
+LOCAL = ["--launcher", "submitit", "--cluster", "local"]
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds tasks in /proc")
+
+
+def _epochs(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_study_on_the_local_cluster_matches_the_in_process_one(tmp_path, capsys, caplog):
+    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny", "--dataset",
+            "digits", "--cardinalities", "1,2", "--seeds", "1", "--epochs", "1", "--set",
+            "deterministic=true", "--set", "train_limit=64", "--set", "val_limit=32"]  # fmt: skip
+    caplog.set_level("INFO", logger="resnext.study.launch")
+    assert main([*argv, "--out", str(tmp_path / "inline")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "jobs"), *LOCAL]) == 0
+    assert "results:" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("inline", "jobs"))
+    errors = [[(m["label"], m["final_error"]["mean"]) for m in r["members"]] for r in (a, b)]
+    assert errors[0] == errors[1] and len(errors[0]) == 2
+    for run in ("cardinality-1x64d-seed0", "cardinality-2x40d-seed0"):
+        rows = [_epochs(tmp_path / d / run) for d in ("inline", "jobs")]
+        assert [r["val_top1_error"] for r in rows[0]] == [r["val_top1_error"] for r in rows[1]]
+        assert (tmp_path / "jobs" / run / "wall.json").is_file()
+    assert any((tmp_path / "jobs" / "submitit").glob("*_log.err"))  # job logs in STUDY/submitit
+    assert "[2/2]" in caplog.text and "done, val top-1 error" in caplog.text
+
+
+def test_a_two_task_training_job_sets_up_torch_distributed_and_writes_metrics(
+    tmp_path, capsys, monkeypatch
+):
+    """Two local tasks: submitit's environment becomes RANK/WORLD_SIZE as under torchrun."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on a small machine
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "tiny", "--set", "train_limit=32", "--set", "val_limit=16",
+            "--epochs", "1", "--out", str(run), *LOCAL, "--tasks-per-node", "2"]  # fmt: skip
+    assert main(argv) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert [r["epoch"] for r in _epochs(run)] == [1]
+    log = "".join(p.read_text() for p in (run / "submitit").glob("*_0_log.err"))
+    assert "2 process(es)" in log
+
+
+def test_the_checkpoint_hook_continues_the_run_with_resume_auto(tmp_path, monkeypatch):
+    cfg = resolve_config("tiny", {"epochs": 1, "train_limit": 32, "val_limit": 16})
+    train(cfg, tmp_path / "run")
+    longer = resolve_config("tiny", {"epochs": 2, "train_limit": 32, "val_limit": 16})
+    job = TrainJob()
+    delayed = job.checkpoint(longer, str(tmp_path / "run"), None)
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is job and delayed.args == (longer, str(tmp_path / "run"), "auto")
+    # Run the requeued submission as the job would, in a (local) job environment of one task.
+    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1", "SUBMITIT_LOCAL_NTASKS": "1",
+           "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+           "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0", "RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "x",
+           "MASTER_PORT": "1"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    result = delayed.result()
+    assert result["status"] == "done" and result["metrics"]["epoch"] == 2
+    rows = _epochs(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4  # 2 + 2 steps: continued, not trained again
+
+
+def _task_pids(controller: int) -> list[int]:
+    """The job's task processes: children of submitit's local controller (Linux /proc)."""
+    path = Path(f"/proc/{controller}/task/{controller}/children")
+    return [int(p) for p in path.read_text().split()] if path.is_file() else []
+
+
+def _after_first_epoch(job, run: Path, timeout: float = 120) -> list[int]:
+    began = time.monotonic()
+    while not _epochs(run) and time.monotonic() - began < timeout:
+        assert job.state == "RUNNING", job.stderr()
+        time.sleep(0.05)
+    pids = _task_pids(job._process.pid)
+    assert _epochs(run) and pids, "the job did not get through its first epoch"
+    return pids
+
+
+def _local_job(cfg, run: Path):
+    executor = make_executor(ClusterOptions(cluster="local"), run / "submitit", "test")
+    return executor.submit(TrainJob(), cfg, str(run), None)
+
+
+def _logs(run: Path) -> str:
+    return "".join(p.read_text() for p in sorted((run / "submitit").glob("*_log.*")))
+
+
+LONGER = {"epochs": 4, "train_limit": 64, "val_limit": 16, "deterministic": True}
+
+
+@linux
+def test_a_preempted_job_saves_requeues_and_resumes(tmp_path):
+    """submitit's time-out / pre-emption signal: last.pt at the step's end, requeue, resume."""
+    run = tmp_path / "run"
+    job = _local_job(resolve_config("tiny", LONGER), run)
+    for pid in _after_first_epoch(job, run):
+        os.kill(pid, signal.SIGUSR2)  # what SLURM sends ahead of the time limit
+    result = job_result(job)
+    assert result["status"] == "done" and result["metrics"]["epoch"] == 4
+    assert [r["epoch"] for r in _epochs(run)] == [1, 2, 3, 4]
+    logs = _logs(run)
+    assert "requeueing" in logs and "resumed" in logs
+
+
+@linux
+def test_a_killed_job_resubmitted_resumes_from_last_pt(tmp_path, capsys):
+    run = tmp_path / "run"
+    job = _local_job(resolve_config("tiny", LONGER), run)
+    for pid in _after_first_epoch(job, run):
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(JobFailed, match="failed"):
+        job_result(job)
+    done = len(_epochs(run))
+    assert 1 <= done < 4
+    argv = ["train", "--resume", "auto", "--out", str(run), *LOCAL]
+    assert main(argv) == 0
+    assert [r["epoch"] for r in _epochs(run)] == [1, 2, 3, 4]
+    assert f"resumed {run / 'last.pt'} at epoch {done}" in _logs(run)
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_slurm_without_sbatch_is_one_line_exit_2(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    args = ["--template", "cpu"] if command == "study" else []
+    argv = [command, *args, "--out", str(tmp_path / "o"), "--launcher", "submitit"]
+    assert main([*argv, "--cluster", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_submitit_is_a_one_line_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    argv = ["train", "--out", str(tmp_path / "o"), *LOCAL]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'cluster' extra" in err and "resnext[cluster]" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--partition", "gpu"], "--partition needs --launcher submitit"),
+        (["--gpus-per-node", "8"], "--gpus-per-node needs --launcher submitit"),
+        ([*LOCAL, "--nodes", "2"], "one node"),
+        ([*LOCAL, "--timeout-min", "0"], "timeout_min must be positive"),
+    ],
+)
+def test_bad_launcher_flags_exit_2(args, message, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
