@@ -80,3 +80,41 @@ def test_fusion_folds_every_bn_and_keeps_outputs(template, form):
     x = torch.randn(3, 3, TEMPLATES[template][1], TEMPLATES[template][1])
     with torch.no_grad():
         assert (fused(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_onnx_and_program_take_other_image_sizes_and_onnx_carries_metadata(tmp_path, capsys):
+    import json
+
+    from resnext.files.export import run_onnx, run_program
+
+    model = tiny("cifar", "c")
+    pre = {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    pre |= {"interpolation": "bicubic", "channels": 3}
+    classes = [f"class{i}" for i in range(10)]
+    payload = {"model": model.state_dict(), "spec": model.spec.to_dict(), "preprocessing": pre}
+    ckpt = str(save_checkpoint(tmp_path / "model.pt", payload | {"class_names": classes}))
+    onnx_file, program = tmp_path / "m.onnx", tmp_path / "m.pt2"
+    assert export(tmp_path, capsys, ckpt, "onnx", onnx_file) <= 1e-4
+    assert export(tmp_path, capsys, ckpt, "exported-program", program) <= 1e-4
+    x = torch.randn(2, 3, 64, 48)  # exported at 32 x 32
+    with torch.no_grad():
+        want = model(x)
+    assert (run_onnx(onnx_file, x) - want).abs().max() <= 1e-4
+    assert (run_program(program, x) - want).abs().max() <= 1e-4
+    dims = onnx.load(str(onnx_file)).graph.input[0].type.tensor_type.shape.dim
+    assert all(d.dim_param for d in (dims[0], dims[2], dims[3])) and dims[1].dim_value == 3
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["class_names"] == classes and props["preprocessing"] == pre
+    assert props["spec"] == model.spec.to_dict()
+
+
+def test_static_spatial_export_fixes_the_size(tmp_path, capsys):
+    from resnext.files.export import run_onnx
+
+    ckpt = checkpoint(tmp_path, tiny("cifar", "c"), 32)
+    out = tmp_path / "m.onnx"
+    export(tmp_path, capsys, ckpt, "onnx", out, "--spatial", "static")
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert (dims[2].dim_value, dims[3].dim_value) == (32, 32)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        run_onnx(out, torch.randn(1, 3, 64, 64))
