@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from resnext.allocator import allocator_tuning_wanted, tune_allocator
-from resnext.cli import bench, files, models, study, training
+from resnext.cli import bench, files, models, study, training, weights
 from resnext.cli.common import Parser, UserError
 
 __all__ = ["UserError", "build_parser", "main"]
@@ -17,7 +17,7 @@ __all__ = ["UserError", "build_parser", "main"]
 def build_parser() -> Parser:
     parser = Parser(prog="resnext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for group in (models, training, study, files, bench):
+    for group in (models, training, study, files, bench, weights):
         group.add_commands(sub)
     return parser
 

@@ -13,7 +13,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train a recipe; under `torchrun` the same command trains on many processes."""
     from pathlib import Path
 
-    from resnext.training.config import parse_set, resolve_config
+    from resnext.training.config import parse_set
+    from resnext.training.finetune import finetune_config
     from resnext.training.train import resume_config, train
 
     flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
@@ -22,6 +23,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides |= {"deterministic": True} if args.deterministic else {}
     overrides |= {"bad_images": args.bad_images} if args.bad_images else {}
     overrides |= parse_set(args.set)
+    overrides |= {"init": args.init} if args.init else {}
+    if overrides.get("init") and args.resume:
+        raise UserError(
+            "--init starts a new run from pretrained weights and --resume continues a run: "
+            "give one of them (a fine-tuning run resumes with --resume alone)"
+        )
     if args.out is None and args.resume in (None, "auto"):
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if args.out and args.resume not in (None, "auto"):
@@ -36,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
     log_to_stderr(rank0)
     cfg = resume_config(args.resume, out, overrides) if args.resume else None
-    cfg = cfg or resolve_config(args.recipe, overrides)
+    cfg = cfg or finetune_config(args.recipe, overrides)
     if launch is not None:
         from resnext.training.launcher import submit_train
 
@@ -71,6 +78,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
     p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_batch")
+    p.add_argument("--init", metavar="SOURCE",
+                   help="fine-tune: start from these weights (a model file, URL, torchvision, "
+                        "torchvision:TAG, timm:NAME.TAG); a new classifier if the classes differ")  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--deterministic", action="store_true", help="reproducible kernels")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -47,8 +47,13 @@ METADATA_KEYS = (
 def resolve(source: str | os.PathLike) -> Path:
     """The local file a model source names. The one hook for other kinds of sources.
 
-    Today only existing files; a source that is not one raises ValueError.
+    Existing files, and (files/sources.py) URLs, "torchvision:MODEL[.TAG]" and
+    "timm:MODEL.TAG", fetched into torch.hub's cache; anything else raises ValueError.
     """
+    from resnext.files.sources import fetch, is_remote  # lazy: keeps urllib off the import path
+
+    if is_remote(source) and not Path(source).exists():
+        return fetch(source)
     path = Path(source)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file")

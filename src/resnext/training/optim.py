@@ -17,14 +17,21 @@ def peak_lr(cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov as the original code) or AdamW; optionally no weight decay on BN and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+    """SGD (Nesterov as the original code) or AdamW; optionally no weight decay on BN and biases.
+
+    Frozen parameters are left out. Groups carry an `lr_scale`: `backbone_lr_scale` for all but
+    the classifier (fc), which fine-tuning trains at the full rate.
+    """
+    by_kind: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if cfg.no_wd_norm_bias and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            wd = 0.0 if cfg.no_wd_norm_bias and p.ndim <= 1 else cfg.weight_decay
+            scale = 1.0 if name.startswith("fc.") else cfg.backbone_lr_scale
+            by_kind.setdefault((wd, scale), []).append(p)
+    groups = [
+        {"params": ps, "weight_decay": wd, "lr_scale": scale, "lr": peak_lr(cfg) * scale}
+        for (wd, scale), ps in by_kind.items()
+    ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=peak_lr(cfg))
     return torch.optim.SGD(
@@ -46,9 +53,9 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Apply a rate to every parameter group."""
+    """Apply a rate to every parameter group, times the group's `lr_scale` (fine-tuning)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class EMA:

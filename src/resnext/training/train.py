@@ -37,6 +37,7 @@ from resnext.training.distributed import (
     teardown,
 )
 from resnext.training.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
+from resnext.training.finetune import freeze_stages, start_from
 from resnext.training.optim import EMA, build_optimizer, lr_at
 from resnext.training.plot import plot_run
 from resnext.training.progress import Progress
@@ -83,6 +84,8 @@ def _train(
     )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     t = _build(spec, cfg, ctx)
+    if cfg.init and resume is None:  # fine-tuning; a resumed run has its own weights
+        start_from(t, cfg, train_set.classes)
     steps_per_epoch = len(train_set) // cfg.batch_size
     start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
     if resume is not None:
@@ -190,6 +193,7 @@ def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
             raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(ctx.device)
+    freeze_stages(raw, cfg.freeze_stages)  # before the optimizer: frozen tensors stay out
     if cfg.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     if cfg.merge_groups and ctx.device.type == "cpu":

@@ -1,0 +1,34 @@
+"""`resnext weights [NAME]`: the published weight sets per model, without the network."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_weights(args: argparse.Namespace) -> None:
+    """List torchvision's weight sets (and timm's tags when timm is installed) per model."""
+    from resnext.files.sources import weight_sets
+
+    rows = weight_sets(args.name)
+    if not rows:
+        print(f"no published weights for {args.name}" if args.name else "no published weights")
+        return
+    print("| model | source (for --init, --checkpoint, weights=) | top-1 | MB | licence |")
+    print("| --- | --- | ---: | ---: | --- |")
+    for r in rows:
+        top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+        size = f"{r['size_mb']:.1f}" if r["size_mb"] is not None else "-"
+        default = " (default)" if r["tag"].endswith("(DEFAULT)") else ""
+        print(f"| {r['model']} | {r['source']}{default} | {top1} | {size} | "
+              f"{r['licence'] or '-'} |")  # fmt: skip
+    print(
+        "\ntop-1: ImageNet-1K accuracy as torchvision documents it (timm publishes its own in "
+        "its results tables). Downloads go to torch.hub's cache and are reused offline."
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """weights."""
+    p = sub.add_parser("weights", help="published pretrained weights per model (no network)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one registered model (default: all)")
+    p.set_defaults(func=cmd_weights)
