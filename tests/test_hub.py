@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from resnext import create_model, list_models, save_safetensors
@@ -35,3 +36,24 @@ def test_hub_load_random_and_from_file_and_url(tmp_path, monkeypatch):
         with torch.no_grad():
             assert (got(x) - want).abs().max() <= 1e-5
     assert (tmp_path / "torch" / "hub" / "checkpoints" / "w.safetensors").is_file()
+
+
+def test_hub_weights_take_any_model_file_and_carry_its_preprocessing(tmp_path):
+    from resnext import Preprocessing
+    from resnext.files.checkpoint import save_checkpoint
+
+    src = create_model("resnext29_1x64d", num_classes=3).eval()
+    pre = Preprocessing(36, 32, "bicubic")
+    payload = {
+        "model": src.state_dict(),
+        "spec": src.spec.to_dict(),
+        "class_names": ["a", "b", "c"],
+    }
+    path = save_checkpoint(tmp_path / "best.pt", payload | {"preprocessing": pre.to_dict()})
+    got = torch.hub.load(REPO, "resnext29_1x64d", source="local", weights=str(path), form="a")
+    assert got.preprocessing == pre and got.class_names == ["a", "b", "c"] and got.spec.form == "a"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (got(x) - src(x)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="not resnext50_32x4d"):
+        torch.hub.load(REPO, "resnext50_32x4d", source="local", weights=str(path))
