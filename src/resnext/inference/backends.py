@@ -48,13 +48,15 @@ class OnnxRuntimeModel(nn.Module):
         import tempfile
         from pathlib import Path
 
-        import onnxruntime as ort
-
+        from resnext.extras import require
         from resnext.files.export import export_onnx
+
+        ort = require("onnxruntime", "export", "the onnxruntime backend")
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
-            export_onnx(self.fused, path, torch.zeros(2, *shape))
+            # one session per image size (see above), so the graph's height and width stay fixed
+            export_onnx(self.fused, path, torch.zeros(2, *shape), spatial=False)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = self.threads
