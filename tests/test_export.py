@@ -118,3 +118,19 @@ def test_static_spatial_export_fixes_the_size(tmp_path, capsys):
     assert (dims[2].dim_value, dims[3].dim_value) == (32, 32)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         run_onnx(out, torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".ts"), ("exported-program", ".pt2")])
+def test_torch_archives_carry_the_metadata(tmp_path, capsys, fmt, suffix):
+    import json
+
+    ckpt = checkpoint(tmp_path, tiny("cifar", "c"), 32)
+    out = tmp_path / f"m{suffix}"
+    export(tmp_path, capsys, ckpt, fmt, out)
+    extra = {"resnext.json": ""}
+    if fmt == "torchscript":
+        torch.jit.load(str(out), _extra_files=extra)
+    else:
+        torch.export.load(str(out), extra_files=extra)
+    meta = json.loads(extra["resnext.json"])
+    assert meta["preprocessing"]["crop"] == 32 and meta["spec"]["cardinality"] == 2
