@@ -10,13 +10,43 @@ from collections.abc import Callable, Sequence
 from resnext.allocator import allocator_tuning_wanted, tune_allocator
 from resnext.cli import bench, files, models, study, training, weights
 from resnext.cli.common import Parser, UserError
+from resnext.errors import one_line
+from resnext.extras import MissingExtra
 
 __all__ = ["UserError", "build_parser", "main"]
 
 
+DESCRIPTION = """\
+ResNeXt (Xie et al., CVPR 2017): build any member of the family, train it with the paper's
+recipes, fine-tune pretrained weights on your images, reproduce the cardinality study, and
+export it. Every command that takes a model file reads the same kinds: a run's last.pt or
+best.pt, .safetensors, and torchvision / timm / pycls weight files."""
+
+EPILOG = """\
+examples:
+  resnext train --recipe digits --out runs/digits        train on real digits (CPU, ~1 min)
+  resnext train --recipe cifar --dataset folder --data DIR --out runs/c10
+  resnext train --out runs/c10 --resume auto             continue where it stopped
+  resnext evaluate --checkpoint runs/c10/best.pt --dataset folder --data DIR
+  resnext predict --checkpoint runs/c10/best.pt photo.jpg
+  resnext info resnext50_32x4d                           params and multiply-adds
+  resnext study --template cpu --dataset folder --data DIR --out runs/study
+
+`resnext COMMAND --help` lists a command's options and their defaults. Exit status: 0 done,
+2 a mistake in the arguments or input files (one line, nothing written), 1 a failed run,
+130/143 stopped by Ctrl-C/SIGTERM after saving."""
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="resnext", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = Parser(
+        prog="resnext",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND"
+    )
     for group in (models, training, study, files, bench, weights):
         group.add_commands(sub)
     return parser
@@ -43,17 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as e:
         print(f"resnext: {e}; continue with --resume", file=sys.stderr)
         return e.exit_status
-    except (UserError, ValueError, NonFiniteLoss, OSError) as e:
+    except BrokenPipeError:  # `resnext predict ... | head -1`: the reader has gone; end quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe
+    except (UserError, ValueError, MissingExtra, NonFiniteLoss, OSError) as e:
         if os.environ.get("RESNEXT_DEBUG"):
             raise
-        print(f"resnext: error: {_one_line(e)}", file=sys.stderr)
-        return 2 if isinstance(e, (UserError, ValueError)) else 1
+        print(f"resnext: error: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (UserError, ValueError, MissingExtra)) else 1
     except KeyboardInterrupt:
         print("resnext: interrupted", file=sys.stderr)
         return 130
     return 0
 
 
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again
+    (the recipe of Python's `signal` documentation for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests, IDEs)
+        pass
