@@ -181,9 +181,12 @@ def torchvision_weights(source: str) -> Any:
 
 def timm_file(name: str) -> Path:
     """timm's weight file for "MODEL[.TAG]" from the Hugging Face hub (its cache if present)."""
-    timm = require("timm", "timm", "timm: weights")
-    hub = require("huggingface_hub", "timm", "timm: weights")
-    cfg = timm.get_pretrained_cfg(name) if name else None
+    timm = require("timm", "timm", "loading timm weights")
+    hub = require("huggingface_hub", "timm", "loading timm weights")
+    try:
+        cfg = timm.get_pretrained_cfg(name) if name else None
+    except (RuntimeError, ValueError):  # timm's answer to a tag its model does not have
+        cfg = None
     repo = getattr(cfg, "hf_hub_id", None)
     if not repo:
         base = name.split(".")[0]
