@@ -73,3 +73,17 @@ def test_config_round_trips_through_json(tmp_path):
     c = resolve_config("imagenet", {"data": "/x", "milestones": "2,4"})
     save_config(c, tmp_path / "config.json")
     assert config_from_dict(json.loads((tmp_path / "config.json").read_text())) == c
+
+
+def test_a_shorter_schedule_scales_the_recipes_milestones():
+    """The paper's 150 and 225 of 300 epochs are 0.5 and 0.75 of the run."""
+    assert resolve_config("cifar", {"epochs": 20}).milestones == (10, 15)
+    assert resolve_config("cifar", {"epochs": "2"}).milestones == (1, 1)
+    assert resolve_config("cifar", {"epochs": 1}).milestones == ()  # no epoch to decay at
+    assert resolve_config("imagenet", {"epochs": 10}).milestones == (3, 6, 9)
+    assert resolve_config("cifar").milestones == (150, 225)
+    explicit = resolve_config("cifar", {"epochs": 20, "milestones": "5"})
+    assert explicit.milestones == (5,)
+    with pytest.raises(ValueError, match="milestones 150, 225 are not before the last epoch"):
+        resolve_config("cifar", {"epochs": 2, "milestones": "150,225"})
+    assert resolve_config("cifar", {"epochs": 2, "milestones": "9", "schedule": "cosine"})

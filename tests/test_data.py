@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnext.cli import main
 from resnext.data.batches import eval_batches, eval_indices, train_indices
-from resnext.data.datasets import BadImageError, ImageSet, load_dataset
+from resnext.data.datasets import BadImageError, ImageSet, held_out_split, load_dataset
 from resnext.data.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
 from conftest import digit_image, write_image_folder
@@ -52,7 +52,7 @@ def write_cifar10(root: Path, per_batch: int = 4) -> np.ndarray:
 def test_cifar10_python_format(tmp_path):
     test = write_cifar10(tmp_path)
     train = load_dataset("cifar10", str(tmp_path), "train")
-    val = load_dataset("cifar10", str(tmp_path / "cifar-10-batches-py"), "val")
+    val = load_dataset("cifar10", str(tmp_path / "cifar-10-batches-py"), "test")
     assert train.images.shape == (20, 3, 32, 32) and train.images.dtype == torch.uint8
     assert val.classes[3] == "cat" and val.labels.tolist() == [0, 1, 2, 3]
     # Rows are 1024 red, then 1024 green, then 1024 blue values, row-major.
@@ -66,7 +66,7 @@ def test_cifar100_python_format(tmp_path):
         data = {"data": np.zeros((3, 3072), np.uint8), "fine_labels": [5, 7, 99]}
         (folder / name).write_bytes(pickle.dumps(data))
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
-    val = load_dataset("cifar100", str(tmp_path), "val")
+    val = load_dataset("cifar100", str(tmp_path), "auto")
     assert len(val.classes) == 100 and val.labels.tolist() == [5, 7, 99]
 
 
@@ -76,7 +76,7 @@ def test_missing_cifar_is_one_clear_error(tmp_path):
 
 
 def test_digits_split():
-    train, val = load_dataset("digits", "", "train"), load_dataset("digits", "", "val")
+    train, val = load_dataset("digits", "", "train"), load_dataset("digits", "", "test")
     assert (len(train), len(val)) == (1437, 360)
     assert train.images.shape[1:] == (1, 8, 8) and train.images.max() == 255
 
@@ -230,3 +230,36 @@ def test_limits_spread_over_the_classes():
     part = data.subset(25)
     assert torch.bincount(part.labels).tolist() == [3] * 5 + [2] * 5
     assert all(int(str(p)) // 300 == y for p, y in zip(part.paths, part.labels.tolist()))
+
+
+def test_images_in_subfolders_of_a_class_are_read_in_imagefolder_order(tmp_path):
+    """As torchvision's ImageFolder: recursive, sorted by folder then file name."""
+    make_folder(tmp_path, per_class=1)
+    nested = tmp_path / "train" / "cat" / "b" / "deeper"
+    nested.mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "a").mkdir()
+    digit_image(0, 5).save(tmp_path / "train" / "cat" / "a" / "z.jpg")
+    digit_image(0, 6).save(nested / "y.png")
+    (tmp_path / "train" / "cat" / ".hidden").mkdir()
+    digit_image(0, 7).save(tmp_path / "train" / "cat" / ".hidden" / "x.png")
+    files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
+    cat = tmp_path / "train" / "cat"
+    assert files.paths[:3] == [cat / "0.jpg", cat / "a" / "z.jpg", nested / "y.png"]
+    assert files.labels.tolist() == [0, 0, 0, 1, 2] and not files.bad
+    memory = load_dataset("folder", str(tmp_path), "train")
+    assert memory.images.shape == (5, 3, 32, 32)
+
+
+def test_the_held_out_split_is_chosen_in_one_place(tmp_path):
+    make_folder(tmp_path)  # train/ and val/
+    assert held_out_split("folder", str(tmp_path)) == "val"
+    with pytest.raises(ValueError, match="no test folder in .* \\(it holds val\\)"):
+        held_out_split("folder", str(tmp_path), "test")
+    shutil.copytree(tmp_path / "val", tmp_path / "test")
+    assert load_dataset("folder", str(tmp_path), "auto").split == "val"
+    assert load_dataset("folder", str(tmp_path), "test").split == "test"
+    shutil.rmtree(tmp_path / "val")
+    assert load_dataset("folder", str(tmp_path), "auto").split == "test"
+    assert load_dataset("digits", "", "auto").split == "test"
+    with pytest.raises(ValueError, match="digits has no val split; its held-out split is test"):
+        load_dataset("digits", "", "val")

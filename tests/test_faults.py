@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import os
 import random
@@ -23,15 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from resnext.cli import main
-from resnext.files.checkpoint import load_checkpoint
+from resnext.files.model_file import read_model_file
 from resnext.training.config import resolve_config
 from resnext.training.engine import NonFiniteLoss
-from resnext.training.train import _keep_metrics as keep_metrics
+from resnext.training.rundir import keep_metrics
 from resnext.training.train import train
 
-from conftest import write_image_folder
+from conftest import digit_image, write_image_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 2 epochs of 4 steps (64 images, batch 16), deterministic.
@@ -128,11 +130,11 @@ def straight(tmp_path_factory, one_thread) -> dict:
     """The final weights of the uninterrupted run."""
     run = tmp_path_factory.mktemp("straight") / "run"
     assert main([*ARGS, "--out", str(run)]) == 0
-    return load_checkpoint(run / "last.pt")["model"]
+    return read_model_file(run / "last.pt")["model"]
 
 
 def assert_weights(run: Path, expected: dict) -> None:
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = read_model_file(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["batch"] == 0
     assert all(torch.equal(ckpt["model"][k], expected[k]) for k in expected)
 
@@ -142,7 +144,7 @@ def test_sigkill_mid_epoch_resumes_from_the_epoch_boundary_exactly(tmp_path, str
     proc = start(tmp_path, run, FAULT_PAUSE_STEP=6)  # epoch 2, before its second step
     wait_for(tmp_path / "marker", proc)
     assert kill(proc)[0] == -signal.SIGKILL
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = read_model_file(run / "last.pt")
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 0, 4)
     resume(run)
     assert_weights(run, straight)
@@ -157,7 +159,7 @@ def test_sigkill_while_writing_a_checkpoint_loses_at_most_the_step_interval(
     wait_for(tmp_path / "marker", proc)
     kill(proc)
     assert list(run.glob(".last.pt.*.tmp"))  # the complete but unrenamed new file
-    ckpt = load_checkpoint(run / "last.pt")  # the previous one, intact
+    ckpt = read_model_file(run / "last.pt")  # the previous one, intact
     assert (ckpt["epoch"], ckpt["batch"]) == (0, 2) and 4 - ckpt["step"] <= 2
     with caplog.at_level(logging.INFO, logger="resnext.training.train"):
         resume(run)
@@ -175,7 +177,7 @@ def test_sigkill_at_random_moments_still_ends_with_the_same_weights(tmp_path, st
         time.sleep(rng.uniform(0, 0.4))
         code, err = kill(proc)
         assert code in (0, -signal.SIGKILL), err[-2000:]  # 0: it finished first
-        steps.append(load_checkpoint(run / "last.pt")["step"])
+        steps.append(read_model_file(run / "last.pt")["step"])
     assert steps == sorted(steps) and steps[1] < 8  # progress kept; the first kill was mid-run
     resume(run)
     assert_weights(run, straight)
@@ -190,8 +192,8 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit(tmp_path, straight, signu
     line = err.strip().splitlines()[-1]
     assert code == status, err[-2000:]
     name = signal.Signals(signum).name
-    assert line.startswith(f"resnext: stopped by {name} after epoch 1, step 3/4; saved ")
-    ckpt = load_checkpoint(run / "last.pt")  # the step the signal interrupted was finished
+    assert line.startswith(f"resnext: stopped by {name} during epoch 1, step 3/4; saved ")
+    ckpt = read_model_file(run / "last.pt")  # the step the signal interrupted was finished
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 3, 3)
     if signum == signal.SIGTERM:
         resume(run)
@@ -216,9 +218,9 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
     assert (
         err.strip()
         .splitlines()[-1]
-        .startswith("resnext: stopped by SIGTERM after epoch 1, step 3/4")
+        .startswith("resnext: stopped by SIGTERM during epoch 1, step 3/4")
     )
-    assert load_checkpoint(run / "last.pt")["step"] == 3
+    assert read_model_file(run / "last.pt")["step"] == 3
 
 
 TINY = {"epochs": 1, "train_limit": 32, "val_limit": 16}
@@ -228,7 +230,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
     run = tmp_path / "run"
     assert main(["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1",
                  "--set", "train_limit=32", "--set", "val_limit=16"]) == 0  # fmt: skip
-    before = load_checkpoint(run / "last.pt")
+    before = read_model_file(run / "last.pt")
     capsys.readouterr()
     # lr 1e30: the first step blows the weights up, the second loss is NaN.
     assert main(["train", "--resume", str(run), "--epochs", "2", "--set", "lr=1e30"]) == 1
@@ -236,7 +238,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "resnext: error: non-finite loss (nan) at step 4 (epoch 2)" in err
     assert f"last good checkpoint: {run / 'last.pt'} (step 2)" in err
-    after = load_checkpoint(run / "last.pt")
+    after = read_model_file(run / "last.pt")
     assert after["step"] == 2 and all(
         torch.equal(after["model"][k], v) for k, v in before["model"].items()
     )
@@ -248,7 +250,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys):
     base = ["train", "--recipe", "tiny", "--out", str(run), "--set", "train_limit=32",
             "--set", "val_limit=16"]  # fmt: skip
     assert main([*base, "--epochs", "1"]) == 0
-    before = load_checkpoint(run / "last.pt")
+    before = read_model_file(run / "last.pt")
     capsys.readouterr()
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
@@ -261,7 +263,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"resnext: error: cannot write checkpoint {run / 'last.pt'} (")
-    after = load_checkpoint(run / "last.pt")
+    after = read_model_file(run / "last.pt")
     assert after["epoch"] == 1 and torch.equal(
         after["model"]["fc.weight"], before["model"]["fc.weight"]
     )
@@ -289,7 +291,7 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tmp_path, monkeypatch):
     cfg = resolve_config("tiny", {**TINY, "epochs": 2, "skip_nonfinite": True})
     result = train(cfg, tmp_path / "run")
     assert result["skipped_steps"] == 2  # one batch per epoch holds the image
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = read_model_file(tmp_path / "run" / "last.pt")
     assert ckpt["skipped_steps"] == 2 and ckpt["step"] == 4
     # Weights and BN statistics stayed finite: the skipped forward passes left no trace.
     assert all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -303,3 +305,84 @@ def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     path.write_text('{"epoch": 1, "lr": 0.1}\n{"epoch": 2, "lr": 0.1}\n{"epoch": 3, "l')
     keep_metrics(path, 2)
     assert path.read_text() == '{"epoch": 1, "lr": 0.1}\n{"epoch": 2, "lr": 0.1}\n'
+
+
+# `resnext train` whose per-image transform fails on the 31 px image (not a bad file: a bug).
+FAILING_TRANSFORM = """
+import sys
+import resnext.data.batches as batches
+from resnext.cli import main
+
+real = batches.train_transform
+
+def train_transform(*args, **kwargs):
+    inner = real(*args, **kwargs)
+    def transform(image):
+        if image.size == (31, 31):
+            raise RuntimeError("the transform broke")
+        return inner(image)
+    return transform
+
+batches.train_transform = train_transform
+sys.exit(main(sys.argv[1:]))
+"""
+# A folder of 32 px pictures read per file by two loader workers, crop 32 from 4 px padding.
+FOLDER = ["--recipe", "tiny", "--dataset", "folder", "--batch-size", "4", "--epochs", "1",
+          "--set", "workers=2", "--set", "train_size=32", "--set", "pad=4",
+          "--set", "eval_resize=32", "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5",
+          "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d"]  # fmt: skip
+RESNEXT = [sys.executable, "-m", "resnext.cli", "train"]
+
+
+def _run(argv: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """A command in its own process; the test fails (the process killed) if it hangs."""
+    try:
+        return subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(argv[-4:])} did not end within {timeout} s (a hung loader?)")
+
+
+def test_any_error_in_a_loader_worker_ends_the_process_naming_the_file(tmp_path):
+    data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
+    odd = data / "train" / "dog" / "odd.png"
+    digit_image(1, 7, size=31).save(odd)
+    (tmp_path / "launch.py").write_text(FAILING_TRANSFORM)
+    argv = [sys.executable, str(tmp_path / "launch.py"), "train", *FOLDER, "--data", str(data),
+            "--set", "in_memory=no", "--out", str(tmp_path / "run")]  # fmt: skip
+    done = _run(argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"resnext: error: cannot load {odd}: RuntimeError: the transform broke"
+
+
+@pytest.mark.parametrize("in_memory", ["no", "auto"])
+def test_an_image_too_small_for_the_crop_is_a_bad_image(tmp_path, in_memory):
+    """A 1x1 PNG: read by loader workers (in_memory=no) or decoded into memory (auto)."""
+    data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
+    tiny = data / "train" / "cat" / "tiny.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
+    base = [*RESNEXT, *FOLDER, "--data", str(data), "--set", f"in_memory={in_memory}"]
+    done = _run([*base, "--out", str(tmp_path / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    reason = "1x1 px, smaller than the 24 px the training crop needs"
+    assert done.stderr.count(f"skipping bad image {tiny}: {reason}") == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert metrics["bad_images"] == 1
+    done = _run([*base, "--out", str(tmp_path / "strict"), "--bad-images", "error"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"resnext: error: bad image {tiny}: {reason} (bad_images=skip skips such files)"
+    )
+
+
+def test_in_memory_advice_for_mixed_sizes_leads_to_a_run_that_works(tmp_path):
+    """Images of two sizes cannot share one tensor: the advice, in_memory=no, then trains."""
+    data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
+    big = data / "train" / "dog" / "big.png"
+    digit_image(1, 9, size=40).save(big)
+    base = [*RESNEXT, *FOLDER, "--data", str(data)]
+    done = _run([*base, "--set", "in_memory=yes", "--out", str(tmp_path / "memory")])
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and str(big) in last and "(set in_memory=no)" in last, last
+    done = _run([*base, "--set", "in_memory=no", "--out", str(tmp_path / "files")])
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -12,7 +12,9 @@ from PIL import Image
 import resnext.training.engine
 from resnext.cli import main
 from resnext.data.transforms import normalize
-from resnext.files.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from resnext.files.checkpoint import save_checkpoint
+from resnext.files.loader import load_model
+from resnext.files.model_file import read_model_file
 from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec
 from resnext.training.config import resolve_config
@@ -38,14 +40,15 @@ def test_short_run_learns_and_fills_the_run_directory(tmp_path):
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["epoch"] == 3
     assert ckpt["preprocessing"] == {
-        "resize": 8, "crop": 8, "mean": [0.305], "std": [0.376], "interpolation": "bilinear"
+        "resize": 8, "crop": 8, "mean": [0.305], "std": [0.376], "interpolation": "bilinear",
+        "channels": 1,
     }  # fmt: skip
     assert ckpt["config"]["recipe"] == "tiny" and ckpt["spec"]["in_channels"] == 1
-    assert model_from_checkpoint(ckpt).fc.out_features == 10
+    assert load_model(run / "last.pt").fc.out_features == 10
 
 
 def _weights(path):
-    return load_checkpoint(path)["model"]
+    return read_model_file(path)["model"]
 
 
 def _assert_same_run(a: Path, b: Path):
@@ -76,7 +79,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         monkeypatch.setattr(resnext.training.engine, "train_step", crashing)
         with pytest.raises(KeyboardInterrupt):
             train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run)
-        ckpt = load_checkpoint(run / "last.pt")
+        ckpt = read_model_file(run / "last.pt")
         assert (ckpt["epoch"], ckpt["batch"]) == (1, batch)
         monkeypatch.setattr(resnext.training.engine, "train_step", real)
         train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run, resume="auto")
@@ -154,7 +157,7 @@ def test_evaluate_agrees_with_a_hand_count(tmp_path, capsys):
     assert result["images"] == 9 and result["top1_error"] == pytest.approx(100 * wrong / 9)
     assert result["top5_error"] == 0.0  # three classes: always in the top 5
     assert main([*base, "--data", str(data), "--resize", "32", "--crop", "24", "--ten-crop"]) == 0
-    assert "9 images, resize 32, ten-crop 24" in capsys.readouterr().out
+    assert "9 val images, resize 32, ten-crop 24" in capsys.readouterr().out
 
 
 def test_evaluate_320_crop(tmp_path, capsys):
@@ -167,3 +170,100 @@ def test_evaluate_320_crop(tmp_path, capsys):
     assert (result["resize"], result["crop"], result["images"]) == (320, 320, 9)
     assert main([*args, "--data", str(tmp_path), "--crop", "320"]) == 2
     assert capsys.readouterr().err.startswith("resnext: error: no val or test folder")
+
+
+RUN = ["train", "--recipe", "tiny", "--epochs", "1", "--set", "train_limit=32",
+       "--set", "val_limit=16"]  # fmt: skip
+
+
+def _files(run: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+
+
+def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*RUN, "--out", str(run)]) == 0
+    before = _files(run)
+    capsys.readouterr()
+    assert main([*RUN, "--model", "resnext20_2x32d_p16", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"resnext: error: {run} already holds a run")
+    assert "--resume auto" in err and "--overwrite" in err and _files(run) == before
+    assert main([*RUN, "--model", "resnext11_2x8d", "--out", str(run), "--overwrite"]) == 0
+    assert read_model_file(run / "best.pt")["model_name"] == "resnext11_2x8d"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resuming_a_finished_run_touches_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*RUN, "--out", str(run)]) == 0
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{run} is already finished (1 epochs)") and out.count("\n") == 1
+    assert _files(run) == before
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # more: continues
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2  # fewer: refused
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} has trained 2 epochs; epochs=1 is fewer" in err
+
+
+def test_relative_data_is_stored_absolute(tmp_path, monkeypatch, capsys):
+    write_image_folder(tmp_path / "small", ("cat", "dog"), 4)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--recipe", "tiny", "--dataset", "folder", "--data", "small", "--epochs", "1",
+            "--batch-size", "4", "--set", "train_size=32", "--set", "eval_resize=32",
+            "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5", "--set", "std=0.25,0.25,0.25",
+            "--set", "model=resnext11_2x8d"]  # fmt: skip
+    assert main([*args, "--out", "run"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert saved == str(tmp_path / "small")
+    monkeypatch.chdir(tmp_path / "small")  # another directory: the run still finds its data
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args[:6], "missing", *args[7:], "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'small' / 'missing'} does not exist" in err
+
+
+def test_the_split_validated_on_is_named(tmp_path, capsys, caplog):
+    """A folder with val/ and test/: training validates on val/ and says so; evaluate takes
+    either with --split."""
+    data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4, splits=("train", "val"))
+    write_image_folder(data, ("cat", "dog"), 3, splits=("test",))
+    args = ["train", "--recipe", "tiny", "--dataset", "folder", "--data", str(data),
+            "--epochs", "1", "--batch-size", "4", "--set", "train_size=32",
+            "--set", "eval_resize=32", "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5",
+            "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d"]  # fmt: skip
+    with caplog.at_level("INFO", logger="resnext.training.train"):
+        assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert "validating on the val split (8 images)" in caplog.text
+    assert f"{data / 'test'} stays untouched" in caplog.text
+    assert capsys.readouterr().out.startswith("val accuracy ")
+    evaluate = ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                "--dataset", "folder", "--data", str(data), "--json"]  # fmt: skip
+    for split, images in ((None, 8), ("val", 8), ("test", 6)):
+        assert main(evaluate + (["--split", split] if split else [])) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert (result["split"], result["images"]) == (split or "val", images)
+    assert main(["train", "--recipe", "tiny", "--epochs", "1", "--out", str(tmp_path / "d"),
+                 "--set", "train_limit=32", "--set", "val_limit=16"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("test accuracy ")  # digits: its test split
+
+
+def test_resume_on_other_classes_names_them(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
+    args = ["train", "--recipe", "tiny", "--dataset", "folder", "--data", str(data),
+            "--epochs", "1", "--batch-size", "4", "--set", "train_size=32",
+            "--set", "eval_resize=32", "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5",
+            "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    for split in ("train", "val"):
+        (data / split / "dog").rename(data / split / "wolf")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only the checkpoint has 'dog'" in err
+    assert "only the data has 'wolf'" in err

@@ -18,6 +18,18 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none to show (a flag, or
+    None: the help text then says where the value comes from, e.g. "the recipe's")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        none = action.default is None or action.default is False or action.default == []
+        if none or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def log_to_stderr(enabled: bool) -> None:
     """INFO lines of the library on stderr for the main process, warnings only elsewhere."""
     level = logging.INFO if enabled else logging.WARNING

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import get_args
 
 from resnext.cli.cluster import add_launcher_arguments, cluster_options
-from resnext.cli.common import UserError, log_to_stderr
+from resnext.cli.common import DefaultsFormatter, UserError, log_to_stderr
+from resnext.training.config import BadImages, Dataset
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -15,6 +17,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from resnext.training.config import parse_set
     from resnext.training.finetune import finetune_config
+    from resnext.training.rundir import claim
     from resnext.training.train import resume_config, train
 
     flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
@@ -31,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
     if args.out is None and args.resume in (None, "auto"):
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.overwrite and args.resume:
+        raise UserError("--overwrite starts the run again; --resume continues it: give one")
     if args.out and args.resume not in (None, "auto"):
         run = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         if run.resolve() != Path(args.out).resolve():
@@ -44,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     log_to_stderr(rank0)
     cfg = resume_config(args.resume, out, overrides) if args.resume else None
     cfg = cfg or finetune_config(args.recipe, overrides)
+    if rank0:
+        claim(out, args.resume, args.overwrite)  # before a job is submitted, too
     if launch is not None:
         from resnext.training.launcher import submit_train
 
@@ -51,13 +58,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         if result is None:
             return  # --no-wait
     else:
-        result = train(cfg, out, args.resume)
-    if rank0:
-        err = result["val_top1_error"]
-        print(f"test accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
-              f"top-5 error {result['val_top5_error']:.2f}%, held-out split)")  # fmt: skip
-        print(f"run directory: {out}")
-        print(f"plot: {out / 'errors.png'}")
+        result = train(cfg, out, args.resume, args.overwrite)
+    if not rank0:
+        return
+    if result.get("already_finished"):
+        print(f"{out} is already finished ({result['already_finished']} epochs); "
+              "nothing to do (a larger --epochs continues it)")  # fmt: skip
+        return
+    err, split = result["val_top1_error"], result.get("val_split", "held-out")
+    print(f"{split} accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
+          f"top-5 error {result['val_top5_error']:.2f}%, on the {split} split)")  # fmt: skip
+    print(f"run directory: {out}")
+    print(f"plot: {out / 'errors.png'}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -67,30 +79,46 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(plot_run(args.run_dir))
 
 
+def add_data_arguments(p: argparse.ArgumentParser, defaults: str) -> None:
+    """--dataset, --data, --epochs, --set: the same meaning in train and study."""
+    p.add_argument("--dataset", choices=get_args(Dataset), help=f"data set (default: {defaults})")
+    p.add_argument("--data", help="data set path, stored absolute (default: none)")
+    p.add_argument("--epochs", type=int, help=f"epochs to train (default: {defaults})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (see a run's config.json); repeatable")  # fmt: skip
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, plot."""
-    p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)")
-    p.add_argument("--recipe", default="digits", help="named defaults (default: digits)")
-    p.add_argument("--model", help="registered model name")
-    p.add_argument("--dataset", choices=["folder", "cifar10", "cifar100", "digits"])
-    p.add_argument("--data", help="dataset path")
-    p.add_argument("--out", help="run directory")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
-    p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_batch")
+    p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)",
+                       formatter_class=DefaultsFormatter)  # fmt: skip
+    p.add_argument(
+        "--recipe", default="digits", help="named defaults: imagenet, cifar, digits, tiny"
+    )
+    add_data_arguments(p, "the recipe's")
+    p.add_argument("--model", help="registered model name (default: the recipe's)")
+    p.add_argument("--out", help="run directory (one holding a run needs --resume or --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (its checkpoints and metrics are deleted)")  # fmt: skip
+    p.add_argument("--batch-size", type=int,
+                   help="global batch per optimizer step (default: the recipe's)")  # fmt: skip
+    p.add_argument(
+        "--lr", type=float, help="learning rate at the recipe's lr_batch (default: the recipe's)"
+    )
     p.add_argument("--init", metavar="SOURCE",
                    help="fine-tune: start from these weights (a model file, URL, torchvision, "
                         "torchvision:TAG, timm:NAME.TAG); a new classifier if the classes differ")  # fmt: skip
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
     p.add_argument("--deterministic", action="store_true", help="reproducible kernels")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (see config.json of a run)")  # fmt: skip
-    p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its last.pt")
-    p.add_argument("--bad-images", choices=["skip", "error"],
-                   help="unreadable image files: skip with a warning (default) or stop")  # fmt: skip
+    p.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue a run from its last.pt; auto: if --out holds one, else start")  # fmt: skip
+    p.add_argument("--bad-images", choices=get_args(BadImages),
+                   help="bad image files: skip each with a warning, or stop at the first "
+                        "(default: the recipe's, skip)")  # fmt: skip
     add_launcher_arguments(p, study=False)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plot", help="training and validation error against epochs (PNG)")
+    p = sub.add_parser("plot", help="training and validation error against epochs (PNG)",
+                       formatter_class=DefaultsFormatter)  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=cmd_plot)

@@ -1,5 +1,5 @@
 """Batches: one permutation per (seed, epoch) of the *global* batch, each rank taking a contiguous
-slice, so a run sees the same batches whatever the number of processes (issue 3).
+slice, so a run sees the same batches whatever the number of processes.
 
 In-memory uint8 images are augmented a whole batch at a time as tensor ops; files are decoded per
 image by DataLoader workers, unreadable ones noted and left out of their batch.
@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from resnext.data.datasets import BAD_IMAGE_ERRORS, ImageSet, describe_error, note_bad, open_rgb
+from resnext.data.images import decode_image
+from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
 from resnext.data.transforms import (
     crop_flip,
     draw_crop_flip,
@@ -23,6 +24,7 @@ from resnext.data.transforms import (
     normalize,
     train_transform,
 )
+from resnext.errors import one_line
 from resnext.training.config import TrainConfig
 
 
@@ -52,7 +54,9 @@ def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[Tens
 class PerImage(torch.utils.data.Dataset):
     """One image at a time through `transform`, seeded by (seed, epoch, index) for resume.
 
-    An unreadable file gives `(None, label, (path, reason))`; `collate_readable` drops it.
+    Nothing raises out of `__getitem__`, so that a DataLoader worker never fails with an error
+    that names no file: a bad file gives `(None, label, (path, reason, False))`, any other
+    error `(None, label, (path, reason, True))`; `loader` skips the first and raises the second.
     """
 
     def __init__(self, data: ImageSet, transform: Callable, seed: int | None = None) -> None:
@@ -62,21 +66,32 @@ class PerImage(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[Tensor | None, int, tuple[str, str] | None]:
+    def __getitem__(self, i: int) -> tuple[Tensor | None, int, tuple[str, str, bool] | None]:
         if self.seed is not None:
             torch.manual_seed((self.seed * 100_003 + self.epoch) * 10_000_019 + i)
         label = int(self.data.labels[i])
         if self.data.images is not None:
             return self.transform(self.data.images[i]), label, None
+        path = str(self.data.paths[i])
         try:
-            image = open_rgb(self.data.paths[i])
+            image = decode_image(path, self.data.decode_channels)
         except BAD_IMAGE_ERRORS as e:
-            return None, label, (str(self.data.paths[i]), describe_error(e))
-        return self.transform(image), label, None
+            return None, label, (path, one_line(e), False)
+        reason = too_small(image.size, self.data.min_size)
+        if reason is not None:
+            return None, label, (path, reason, False)
+        try:
+            return self.transform(image), label, None
+        except Exception as e:  # noqa: BLE001 - reported with the file's name by `loader`
+            return None, label, (path, f"{type(e).__name__}: {one_line(e)}", True)
 
 
-def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str, str]]]:
-    """Stack the readable images of a batch; list the unreadable ones."""
+class LoaderError(ValueError):
+    """Reading one image failed for a reason other than a bad file; names the file."""
+
+
+def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str, str, bool]]]:
+    """Stack the readable images of a batch; list the others."""
     good = [(x, y) for x, y, bad in items if bad is None]
     x = torch.stack([x for x, _ in good]) if good else None
     y = torch.tensor([y for _, y in good], dtype=torch.int64)
@@ -86,27 +101,59 @@ def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str
 def loader(
     dataset: PerImage, batches: list[Tensor], workers: int, pin: bool
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """A DataLoader over precomputed index batches; unreadable files are noted and left out."""
-    it = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=[b.tolist() for b in batches],
-        num_workers=workers,
-        pin_memory=pin,
-        collate_fn=collate_readable,
-        worker_init_fn=_leave_stop_signals_to_main,
+    """A DataLoader over precomputed index batches; bad files are noted and left out.
+
+    However it ends (done, an error, or the consumer stops early), its workers are shut down
+    here: they ignore SIGTERM (below), so multiprocessing's exit handler, which terminates
+    leftover children with SIGTERM and then joins them, would wait on them forever.
+    """
+    it = iter(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=workers,
+            pin_memory=pin,
+            collate_fn=collate_readable,
+            worker_init_fn=_leave_stop_signals_to_main,
+        )
     )
-    for x, y, bad in it:
-        for path, reason in bad:
-            note_bad(dataset.data, path, reason)
-        if x is not None:
-            yield x, y
+    try:
+        for x, y, bad in it:
+            for path, reason, fatal in bad:
+                if fatal:
+                    raise LoaderError(f"cannot load {path}: {reason}")
+                note_bad(dataset.data, path, reason)
+            if x is not None:
+                yield x, y
+    except RuntimeError as e:  # the DataLoader's own: a worker killed, or it timed out
+        raise LoaderError(f"a data loader worker failed: {one_line(e)}") from None
+    finally:
+        _shut_down(it)
+
+
+def _shut_down(it: object) -> None:
+    """Stop a DataLoader iterator's workers now; kill any that do not stop."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # absent with workers=0
+    if shutdown is None:
+        return
+    shutdown()
+    for w in getattr(it, "_workers", []):
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
 
 
 def _leave_stop_signals_to_main(worker: int) -> None:
     """Workers ignore SIGTERM/SIGINT, which Ctrl-C and Slurm send to every process: a worker
-    killed by one makes the main process fail before it can save (issue 7)."""
+    killed by one makes the main process fail before it can save."""
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
+
+
+def smallest_image(cfg: TrainConfig) -> int:
+    """The shortest image side the training transform takes: crop_flip cuts a `train_size` crop
+    from the image padded by `pad`; the other augmentations resize, so any size will do."""
+    return max(cfg.train_size - 2 * cfg.pad, 1) if cfg.augment == "crop_flip" else 1
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -153,16 +200,16 @@ def eval_batches(
     rank: int = 0,
     world: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Normalised evaluation views `view = (resize, crop, ten_crop)` of this rank's share."""
+    """Normalised evaluation views `view = (resize, crop, ten_crop[, interpolation])` of this
+    rank's share (data/transforms.py's `eval_views`, the one evaluation geometry)."""
     batches = eval_indices(len(data), batch, rank, world)
     if data.images is not None:
         for b in batches:
             b = b.to(data.images.device)
             yield normalize(eval_batch(data.images[b], *view), mean, std), data.labels[b]
         return
-    ds = PerImage(
-        data, functools.partial(eval_image, resize=view[0], crop=view[1], ten_crop=view[2])
-    )
+    keys = ("resize", "crop", "ten_crop", "interpolation")
+    ds = PerImage(data, functools.partial(eval_image, **dict(zip(keys, view))))
     for x, y in loader(ds, batches, workers, torch.cuda.is_available()):
         yield normalize(x.to(_device(), non_blocking=True), mean, std), y
 

@@ -1,8 +1,15 @@
-"""Typed training recipes: named defaults, validated `key=value` overrides, JSON dump (issue 3).
+"""Typed training recipes: named defaults, validated `key=value` overrides, JSON dump.
 
 A recipe is a `TrainConfig` with some fields changed; `resolve_config(recipe, overrides)` applies
 command-line options on top and checks every value against the field's type, so a typo or a
 wrong type fails before anything is built.
+
+A shorter or longer schedule keeps the recipe's shape: when `epochs` overrides the recipe's and
+`milestones` is not given, the step milestones scale with it (the paper's CIFAR decays at 150
+and 225 of 300 epochs, i.e. at 0.5 and 0.75 of the run: `--epochs 20` decays at 10 and 15;
+a milestone that would fall on epoch 0 or past the end is dropped). Milestones given
+explicitly are kept as given, and refused if one is not before the last epoch (it would never
+take effect). The data path is stored absolute, so a run resumes from any directory.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 import types
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from resnext.precision import Precision
 
 Dataset = Literal["folder", "cifar10", "cifar100", "digits"]
@@ -25,9 +34,6 @@ Optimizer = Literal["sgd", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 InMemory = Literal["auto", "yes", "no"]
 BadImages = Literal["skip", "error"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class TrainConfig:
         for name in ("freeze_stages", "backbone_lr_scale"):  # fine-tuning
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.data:  # relative to where the run started, not to where it resumes
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `config_from_dict` reads it back."""
@@ -139,10 +147,35 @@ class TrainConfig:
 
 
 def resolve_config(recipe: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A named recipe with overrides applied (values may be strings from `--set key=value`)."""
+    """A named recipe with overrides applied (values may be strings from `--set key=value`).
+
+    An `epochs` override without `milestones` scales the recipe's milestones with it.
+    """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; recipes are {sorted(RECIPES)}")
-    return apply_overrides(RECIPES[recipe], overrides or {})
+    base, overrides = RECIPES[recipe], overrides or {}
+    cfg = apply_overrides(base, overrides)
+    if "milestones" not in overrides and cfg.epochs != base.epochs:
+        milestones = scale_milestones(base.milestones, base.epochs, cfg.epochs)
+        cfg = dataclasses.replace(cfg, milestones=milestones)
+    check_milestones(cfg)
+    return cfg
+
+
+def scale_milestones(milestones: tuple[int, ...], epochs: int, new: int) -> tuple[int, ...]:
+    """Milestones of an `epochs` schedule at the same fractions of a `new`-epoch one."""
+    scaled = (m * new // epochs for m in milestones)
+    return tuple(m for m in scaled if 0 < m < new)
+
+
+def check_milestones(cfg: TrainConfig) -> None:
+    """Refuse step milestones that the schedule never reaches."""
+    late = [m for m in cfg.milestones if m >= cfg.epochs]
+    if cfg.schedule == "step" and late:
+        raise ValueError(
+            f"milestones {', '.join(map(str, late))} are not before the last epoch "
+            f"(epochs={cfg.epochs}): the lr would never decay there"
+        )
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

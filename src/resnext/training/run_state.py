@@ -2,7 +2,7 @@
 
 `Saver` writes last.pt / best.pt (checkpoint.py's atomic format) with the optimizer, scaler, EMA,
 step, partial-epoch sums and every RNG's state; `restore` loads them back so that a resumed run
-is bit-identical to an uninterrupted one (issues 3 and 7).
+is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnext.data.preprocessing import Preprocessing
 from resnext.files.checkpoint import CheckpointError, save_checkpoint
 from resnext.training.config import TrainConfig
 from resnext.training.distributed import Context
@@ -67,21 +68,21 @@ def weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: lis
         "spec": spec.to_dict(),
         "model_name": cfg.model,
         "class_names": list(classes),
-        "preprocessing": {
-            "resize": cfg.eval_resize,
-            "crop": cfg.eval_crop,
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-            "interpolation": "bilinear",
-        },
+        "preprocessing": Preprocessing(
+            cfg.eval_resize, cfg.eval_crop, "bilinear", cfg.mean, cfg.std, len(cfg.mean)
+        ).to_dict(),
         "config": cfg.to_dict(),
     }
 
 
 def restore(
-    t: Trainee, ckpt: dict, spec: Any, ctx: Context
+    t: Trainee, ckpt: dict, spec: Any, classes: list[str], ctx: Context
 ) -> tuple[int, int, torch.Tensor | None, float]:
-    """Load training state for an exact continuation; returns (epoch, batch, sums, best)."""
+    """Load training state for an exact continuation; returns (epoch, batch, sums, best).
+
+    Another architecture or other classes than the checkpoint's are refused, naming them.
+    """
+    check_classes(ckpt.get("class_names"), classes)
     theirs = ckpt.get("spec") or {}
     differ = [k for k, v in spec.to_dict().items() if k in theirs and theirs[k] != v]
     if differ or "optimizer" not in ckpt:
@@ -99,6 +100,29 @@ def restore(
     # Saved sums are already totals over ranks: rank 0 carries them, the others start at zero.
     sums = torch.tensor(sums if ctx.main else [0.0] * len(sums)) if sums else None
     return int(ckpt["epoch"]), int(ckpt.get("batch", 0)), sums, float(ckpt["best_val_top1_error"])
+
+
+def check_classes(saved: list[str] | None, classes: list[str]) -> None:
+    """Refuse to resume on data whose classes differ from the checkpoint's, naming them (a
+    renamed class folder would silently swap labels, a new one change the head)."""
+    if saved is None or list(saved) == list(classes):
+        return
+    gone = [c for c in saved if c not in classes]
+    new = [c for c in classes if c not in saved]
+    if gone or new:
+        parts = [f"only the checkpoint has {_names(gone)}" if gone else "",
+                 f"only the data has {_names(new)}" if new else ""]  # fmt: skip
+        differ = "; ".join(p for p in parts if p)
+    else:
+        differ = f"the same classes in another order ({_names(saved)} vs {_names(classes)})"
+    raise CheckpointError(
+        f"cannot resume: the data's classes differ from the checkpoint's: {differ}"
+    )
+
+
+def _names(classes: list[str], most: int = 8) -> str:
+    shown = ", ".join(repr(c) for c in classes[:most])
+    return shown + (f" and {len(classes) - most} more" if len(classes) > most else "")
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """`train(config, out)`: build, maybe resume, loop (train, evaluate, checkpoint), plot.
 
 A run directory holds config.json, metrics.jsonl (one JSON line per epoch), last.pt, best.pt
-and errors.png. Only rank 0 writes; every rank reads the checkpoint it resumes from. A killed
-run loses at most the work since its last checkpoint; SIGTERM/SIGINT save one first (issue 7).
+and errors.png (rundir.py: never overwritten unasked). Only rank 0 writes; every rank reads the
+checkpoint it resumes from. A killed run loses at most the work since its last checkpoint;
+SIGTERM/SIGINT save one first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,16 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.data.batches import eval_batches, train_batches
+from resnext.data.batches import eval_batches, smallest_image, train_batches
 from resnext.data.datasets import ImageSet, load_dataset
-from resnext.files.checkpoint import (
-    load_checkpoint,
-    remove_stale_temporaries,
-)
+from resnext.files.checkpoint import remove_stale_temporaries
+from resnext.files.model_file import read_model_file
 from resnext.models.merged import merge_small_groups
 from resnext.models.model import build_model
 from resnext.models.zoo import get_spec
-from resnext.training.config import TrainConfig, apply_overrides, config_from_dict, save_config
+from resnext.training.config import TrainConfig, save_config
 from resnext.training.distributed import (
     Context,
     all_sum,
@@ -42,36 +42,68 @@ from resnext.training.optim import EMA, build_optimizer, lr_at
 from resnext.training.plot import plot_run
 from resnext.training.progress import Progress
 from resnext.training.run_state import Saver, restore
+from resnext.training.rundir import (
+    RunFinished,
+    check_progress,
+    claim,
+    keep_metrics,
+    resume_config,  # noqa: F401  (the command line's, re-exported)
+    resume_path,
+)
 from resnext.training.stopping import StopSignals, TrainingStopped
 from resnext.training.tensorboard import Board
 
 log = logging.getLogger("resnext.training.train")
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    resume: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train a model as `cfg` says, writing the run directory `out`.
 
     Args:
         cfg: the resolved recipe.
-        out: run directory (created).
+        out: run directory (created). One that already holds a run is refused unless `resume`
+            or `overwrite` is given.
         resume: None, "auto" (continue `out` if it holds a run) or a run directory / last.pt.
+        overwrite: replace the run in `out` (its files are deleted first).
 
     Returns:
-        The last epoch's metrics plus `best_val_top1_error`.
+        The last epoch's metrics plus `best_val_top1_error` and `val_split` (the held-out split
+        validated on: "val" or "test"). A resumed run that is already finished is left
+        untouched: its last metrics come back with `already_finished` set.
     """
+    out = Path(out)
+    path = resume_path(resume, out)
+    ckpt = read_model_file(path) if path is not None else None
+    try:
+        if ckpt is not None:
+            check_progress(ckpt, cfg.epochs, out)
+    except RunFinished as e:
+        log.info("%s", e)
+        metrics = ckpt.get("metrics") or {}
+        best = ckpt.get("best_val_top1_error")
+        return {**metrics, "best_val_top1_error": best, "already_finished": int(ckpt["epoch"])}
     ctx = setup(cfg.device)
     try:
         with StopSignals() as stop:
-            return _train(cfg, Path(out), resume_path(resume, Path(out)), ctx, stop)
+            if ctx.main:
+                claim(out, resume, overwrite)
+            return _train(cfg, out, (path, ckpt) if ckpt is not None else None, ctx, stop)
     finally:
         teardown()
 
 
 def _train(
-    cfg: TrainConfig, out: Path, resume: Path | None, ctx: Context, stop: StopSignals
+    cfg: TrainConfig,
+    out: Path,
+    resume: tuple[Path, dict] | None,
+    ctx: Context,
+    stop: StopSignals,
 ) -> dict[str, Any]:
-    if ctx.main:
-        check_writable(out)
     board = Board(cfg, out, ctx.main)  # a missing tensorboard package fails before any work
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = _load_data(cfg, ctx)
@@ -89,8 +121,8 @@ def _train(
     steps_per_epoch = len(train_set) // cfg.batch_size
     start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
     if resume is not None:
-        start_epoch, start_batch, sums, best = restore(t, load_checkpoint(resume), spec, ctx)
-        log.info("resumed %s at epoch %d, batch %d", resume, start_epoch, start_batch)
+        start_epoch, start_batch, sums, best = restore(t, resume[1], spec, train_set.classes, ctx)
+        log.info("resumed %s at epoch %d, batch %d", resume[0], start_epoch, start_batch)
     saver = Saver(t, spec, cfg, train_set.classes, out, best)
     if resume is not None:
         saver.last = f"{out / 'last.pt'} (step {t.step})"
@@ -98,16 +130,18 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
         remove_stale_temporaries(out)  # left by a process killed while saving
-        _keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
+        keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
         board.open(t.step)
     log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
+    log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
+             _untouched(cfg, val_set.split))  # fmt: skip
 
     def stopped(epoch: int, batch: int) -> TrainingStopped:
-        where = f"epoch {epoch + 1}, step {batch}/{steps_per_epoch}" if batch else f"epoch {epoch}"
-        return TrainingStopped(
-            stop.signum, f"stopped by {stop.name} after {where}; saved {saver.last}"
-        )
+        # Mid-epoch: "during epoch 2, step 3/4"; at a boundary: "after epoch 2".
+        where = f"during epoch {epoch + 1}, step {batch}/{steps_per_epoch}"
+        where = where if batch else f"after epoch {epoch}"
+        return TrainingStopped(stop.signum, f"stopped by {stop.name} {where}; saved {saver.last}")
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -129,9 +163,10 @@ def _train(
         batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world)
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
-            metrics |= train_one_epoch(
-                t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
-            )
+            with contextlib.closing(batches):  # an error mid-epoch stops the loader's workers
+                metrics |= train_one_epoch(
+                    t, batches, cfg, epoch, steps_per_epoch, progress, start_batch, sums, on_step
+                )
         except NonFiniteLoss as e:
             raise NonFiniteLoss(
                 f"{e} (epoch {epoch + 1}); last good checkpoint: {saver.last}"
@@ -153,16 +188,17 @@ def _train(
             raise stopped(epoch + 1, 0)
     board.close()
     if ctx.main:
-        log.info("plot: %s", plot_run(out))
-    return {**metrics, "best_val_top1_error": saver.best}
+        plot_run(out)  # the command line prints where (errors.png)
+    return {**metrics, "best_val_top1_error": saver.best, "val_split": val_set.split}
 
 
 def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets; in-memory images move to the device once."""
     sets = []
-    for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit)):
+    for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
+        smallest = smallest_image(cfg) if split == "train" else 1
         data = load_dataset(
-            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images
+            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest
         )
         data = data.subset(limit)
         if data.images is not None:
@@ -182,6 +218,13 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     if cfg.batch_size % (ctx.world * cfg.accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
     return train_set, val_set
+
+
+def _untouched(cfg: TrainConfig, split: str) -> str:
+    """A note when a folder's test/ split stays unused because val/ is there."""
+    if split != "val" or cfg.dataset != "folder" or not (Path(cfg.data) / "test").is_dir():
+        return ""
+    return f"; {Path(cfg.data) / 'test'} stays untouched (evaluate --split test measures it)"
 
 
 def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
@@ -221,57 +264,11 @@ def _validate(t: Trainee, val_set: ImageSet, cfg: TrainConfig, ctx: Context) -> 
             batches = eval_batches(
                 val_set, batch, view, cfg.mean, cfg.std, cfg.workers, ctx.rank, ctx.world
             )
-            m = evaluate(model, batches, cfg.precision, cfg.channels_last)
+            with contextlib.closing(batches):
+                m = evaluate(model, batches, cfg.precision, cfg.channels_last)
             out |= {f"{prefix}_loss": m["loss"], f"{prefix}_top1_error": m["top1_error"]}
             out[f"{prefix}_top5_error"] = m["top5_error"]
     return out
-
-
-def resume_path(resume: str | None, out: Path) -> Path | None:
-    """The checkpoint to continue from: `out/last.pt` for "auto" (if present), else the path given."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        return out / "last.pt" if (out / "last.pt").is_file() else None
-    path = Path(resume)
-    path = path / "last.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise ValueError(f"nothing to resume: {path} does not exist")
-    return path
-
-
-def resume_config(resume: str, out: Path, overrides: dict[str, Any]) -> TrainConfig | None:
-    """The saved config of the run to resume, with explicit command-line overrides applied."""
-    path = resume_path(resume, out)
-    if path is None:
-        return None
-    saved = load_checkpoint(path).get("config")
-    if not saved:
-        raise ValueError(f"{path} holds no training config to resume")
-    return apply_overrides(config_from_dict(saved), overrides)
-
-
-def _keep_metrics(path: Path, epochs: int) -> None:
-    """Drop metric lines past the resumed epoch (they belong to the interrupted attempt)."""
-    kept = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            if json.loads(line)["epoch"] <= epochs:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            pass  # a line torn by a kill
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any work if the run directory cannot be created or written."""
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"cannot create run directory {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the run directory {out}: {parent} is not writable")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

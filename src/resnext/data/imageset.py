@@ -1,0 +1,89 @@
+"""`ImageSet`, the one in-memory form of every data set, and the rule for bad image files.
+
+A bad file (unreadable, not an image, or smaller than the training crop needs) is skipped with
+one warning naming it and counted, or fatal with bad_images="error": the same rule whether the
+image is decoded into memory now or by a DataLoader worker later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+log = logging.getLogger("resnext.data.datasets")
+
+# What decoding raises for a missing, zero-byte, truncated or non-image file.
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """A bad image file while bad_images="error"."""
+
+
+@dataclass
+class ImageSet:
+    """Labelled images: decoded uint8 `images` (N, C, H, W) in memory, or file `paths`.
+
+    `split` names the split read ("train", "val" or "test"). `bad` holds the bad files met so
+    far (skipped, or fatal when `on_bad` is "error"); an image whose shorter side is below
+    `min_size` is bad too (the training crop cannot be cut from it). Files decode to
+    `decode_channels` channels.
+    """
+
+    classes: list[str]
+    labels: Tensor
+    images: Tensor | None = None
+    paths: list[Path] | None = None
+    bad: set[str] = field(default_factory=set)
+    on_bad: str = "skip"
+    split: str = ""
+    min_size: int = 1
+    decode_channels: int = 3
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        return self.decode_channels if self.images is None else self.images.shape[1]
+
+    def subset(self, limit: int, seed: int = 0) -> ImageSet:
+        """`limit` images spread evenly over the classes, a seeded choice (all for 0).
+
+        The first N files of a class-folder dataset would all be of the first class.
+        """
+        if not limit or limit >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        labels = self.labels[order].cpu()
+        rank = torch.empty_like(labels)  # position of each image among its class's images
+        for c in labels.unique():
+            where = (labels == c).nonzero().squeeze(1)
+            rank[where] = torch.arange(len(where))
+        # Round robin: the first image of every class, then the second of every class, ...
+        keep = order[(rank * len(self.classes) + labels).argsort()[:limit]].sort().values
+        images = None if self.images is None else self.images[keep]
+        paths = None if self.paths is None else [self.paths[i] for i in keep.tolist()]
+        return dataclasses.replace(self, labels=self.labels[keep], images=images, paths=paths)
+
+
+def note_bad(data: ImageSet, path: str, reason: str) -> None:
+    """Skip a bad file with one warning, or raise if `data.on_bad` is "error"."""
+    if data.on_bad == "error":
+        raise BadImageError(f"bad image {path}: {reason} (bad_images=skip skips such files)")
+    if path not in data.bad:
+        data.bad.add(path)
+        log.warning("skipping bad image %s: %s", path, reason)
+
+
+def too_small(size: tuple[int, int], min_size: int) -> str | None:
+    """Why an image of `size` (width, height) is bad for a crop of `min_size`, or None."""
+    if min(size) >= min_size:
+        return None
+    return f"{size[0]}x{size[1]} px, smaller than the {min_size} px the training crop needs"
