@@ -5,6 +5,7 @@ from resnext.files.loader import load_model
 from resnext.files.model_file import read_model_file, save_safetensors
 from resnext.files.weights import load_weights
 from resnext.inference.backends import optimize_for_inference
+from resnext.models.backbone import fpn_backbone
 from resnext.models.complexity import Complexity, count_complexity
 from resnext.models.design import design_width
 from resnext.models.forms import convert_form
@@ -22,6 +23,7 @@ __all__ = [
     "count_complexity",
     "create_model",
     "design_width",
+    "fpn_backbone",
     "fuse_for_inference",
     "get_spec",
     "list_models",
