@@ -54,6 +54,22 @@ def test_a_study_on_the_local_cluster_matches_the_in_process_one(tmp_path, capsy
     assert "[2/2]" in caplog.text and "done, val top-1 error" in caplog.text
 
 
+def test_no_wait_returns_at_once_and_report_only_collects(tmp_path, capsys):
+    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny", "--cardinalities",
+            "1", "--epochs", "1", "--set", "train_limit=16", "--set", "val_limit=16",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main([*argv, *LOCAL, "--no-wait"]) == 0
+    assert "results:" not in capsys.readouterr().out  # submitted, not collected
+    began = time.monotonic()
+    while not list((tmp_path / "submitit").glob("*_result.pkl")):  # the job has ended
+        assert time.monotonic() - began < 120, "the job did not finish"
+        time.sleep(0.2)
+    assert main([*argv, "--report-only"]) == 0
+    assert "results:" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["unfinished"] == [] and results["members"][0]["seeds_finished"] == 1
+
+
 def test_a_two_task_training_job_sets_up_torch_distributed_and_writes_metrics(
     tmp_path, capsys, monkeypatch
 ):

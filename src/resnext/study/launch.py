@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class StudyRun(TrainJob):
         try:
             return super().train(cfg, out, resume)
         finally:
-            _add_wall(out, time.perf_counter() - began)
+            if os.environ.get("RANK", "0") == "0":  # one writer per run directory
+                _add_wall(out, time.perf_counter() - began)
 
 
 def submit_study(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from resnext.extras import require
+from resnext.extras import MissingExtra, require
 from resnext.training.config import TrainConfig
 
 log = logging.getLogger("resnext.training.launcher")
@@ -193,8 +193,9 @@ def _as_result(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         out = run()
     except TrainingStopped as e:
         return {"status": "error", "type": "TrainingStopped", "message": str(e), "signum": e.signum}
-    except (ValueError, NonFiniteLoss, OSError) as e:
-        kind = "ValueError" if isinstance(e, ValueError) else type(e).__name__
+    except (ValueError, MissingExtra, NonFiniteLoss, OSError) as e:
+        user = isinstance(e, (ValueError, MissingExtra))  # exit status 2, as in process
+        kind = "ValueError" if user else type(e).__name__
         kind = kind if kind in ("ValueError", "NonFiniteLoss") else "OSError"
         return {"status": "error", "type": kind, "message": str(e)}
     return out if out.get("status") == "requeued" else {"status": "done", "metrics": out}
