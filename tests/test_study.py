@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,15 +118,56 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
     assert "skip cardinality-2x40d-seed0: finished" in caplog.text
 
 
-def test_report_only_lists_unfinished_runs(tmp_path, capsys):
-    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny",
-            "--cardinalities", "1", "--epochs", "1", "--set", "train_limit=32",
-            "--set", "val_limit=16", "--out", str(tmp_path)]  # fmt: skip
-    assert main(argv) == 0
+def _tiny_study(out: Path, *extra: str) -> list[str]:
+    return ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny",
+            "--cardinalities", "1,2", "--seeds", "1", "--epochs", "1", "--set", "train_limit=32",
+            "--set", "val_limit=16", "--out", str(out), *extra]  # fmt: skip
+
+
+def test_a_study_directory_remembers_its_grid(tmp_path, capsys):
+    """--report-only and a plain re-run read the grid from study.json; contradicting flags are
+    refused. Run on a copy of a study directory, its study.json in the format written so far."""
+    made = tmp_path / "made"
+    assert main(_tiny_study(made)) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(made, copy)
+    plan = json.loads((copy / "study.json").read_text())
+    assert set(plan) == {"study", "config", "grid"}  # the format earlier versions wrote
+    (copy / "results.md").unlink()
+    shutil.rmtree(copy / "cardinality-2x40d-seed0")  # one run not done yet
     capsys.readouterr()
-    assert main([*argv, "--epochs", "2", "--report-only"]) == 0
+    assert main(["study", "--template", "resnext11_1x64d_p16", "--out", str(copy),
+                 "--report-only"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "Not finished: cardinality-1x64d-seed0 (1/2 epochs)" in out
+    assert "| cardinality | resnext11_1x64d_p16 | 1 | 64 |" in out and "| 1/1 |" in out
+    assert "Not finished: cardinality-2x40d-seed0 (0/1 epochs)." in out
+    assert json.loads((copy / "study.json").read_text()) == plan  # kept as it was
+    for flags, message in (
+        (["--cardinalities", "1,2,4"], "holds a study with cardinalities=1,2, not 1,2,4"),
+        (["--epochs", "3"], "holds a study with epochs=1, not 3"),
+        (["--template", "imagenet"], "holds a study with template=resnext11_1x64d_p16, not"),
+        (["--set", "lr=0.5"], "holds a study with lr="),
+    ):
+        assert main(["study", "--out", str(copy), "--report-only", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main(["study", "--out", str(copy), "--epochs", "1"]) == 0  # agrees: trains the rest
+    assert "Not finished" not in capsys.readouterr().out
+
+
+def test_a_study_adapts_to_the_digits_channels(tmp_path, capsys):
+    """The cpu preset's CIFAR recipe on 8 px grey digits: mean/std and sizes come from digits."""
+    cfg = run_config(PRESETS["cpu"], {"dataset": "digits"})
+    assert (cfg.mean, cfg.std, cfg.train_size, cfg.eval_crop) == ((0.305,), (0.376,), 8, 8)
+    assert run_config(PRESETS["cpu"], {"dataset": "digits", "pad": 2}).pad == 2
+    argv = ["study", "--template", "cpu", "--dataset", "digits", "--cardinalities", "1",
+            "--seeds", "1", "--epochs", "1", "--set", "train_limit=64", "--set", "val_limit=32",
+            "--set", "batch_size=32",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert "| cardinality | resnext11_1x64d_p16 | 1 | 64 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="an image folder decodes to 3 channels"):
+        run_config(PRESETS["cpu"], {"dataset": "folder", "mean": "0.5", "std": "0.2"})
 
 
 @needs_cifar

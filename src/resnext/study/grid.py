@@ -1,4 +1,4 @@
-"""The cardinality study (issue 4): at one complexity, does raising C beat going wider or deeper?
+"""The cardinality study: at one complexity, does raising C beat going wider or deeper?
 
 A study is a grid of arms: "cardinality" (C varies, d from the Table 2 solver so that every
 member costs what the C = 1 template costs, or d fixed as in the paper's CIFAR Figure 7),
@@ -26,7 +26,7 @@ from resnext.models.complexity import count_complexity
 from resnext.models.design import design_width
 from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec, get_spec, model_name
-from resnext.training.config import TrainConfig, resolve_config
+from resnext.training.config import RECIPES, TrainConfig, resolve_config
 
 log = logging.getLogger("resnext.study.grid")
 
@@ -185,9 +185,34 @@ def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
     return rows
 
 
+# The image shape of the named data sets comes with their own recipe: channels (mean, std),
+# size and padding. A study of a CIFAR-recipe template on digits takes digits' (8 px grey).
+_NATIVE = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}
+_SHAPE_FIELDS = ("mean", "std", "train_size", "pad", "eval_resize", "eval_crop")
+
+
 def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig:
-    """The recipe every run shares: the study's overrides, then the command line's."""
-    return resolve_config(study.recipe, {**study.overrides, **cli_overrides})
+    """The recipe every run shares: the study's overrides, then the command line's.
+
+    For a named data set whose images differ from the recipe's (digits: 8 px, 1 channel), the
+    image fields not given on the command line come from that data set's own recipe; an image
+    folder decodes to 3 channels, so mean/std must have 3 values (refused before any work).
+    """
+    overrides = {**study.overrides, **cli_overrides}
+    cfg = resolve_config(study.recipe, overrides)
+    native = RECIPES.get(_NATIVE.get(cfg.dataset, ""))
+    if native is not None and (len(native.mean), native.train_size) != (
+        len(cfg.mean),
+        cfg.train_size,
+    ):
+        shape = {k: getattr(native, k) for k in _SHAPE_FIELDS if k not in cli_overrides}
+        cfg = dataclasses.replace(cfg, **shape)
+    if cfg.dataset == "folder" and len(cfg.mean) != 3:
+        raise ValueError(
+            f"an image folder decodes to 3 channels, but mean/std have {len(cfg.mean)} value(s): "
+            "--set mean=R,G,B --set std=R,G,B"
+        )
+    return cfg
 
 
 def run_dir(out: Path, member: Member, seed: int) -> Path:
@@ -204,9 +229,14 @@ def finished(path: Path, epochs: int) -> bool:
 
 
 def write_plan(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:
-    """study.json: the study, the shared recipe and the grid, which the report reads."""
+    """study.json: the study, the shared recipe and the grid, which the report reads.
+
+    An existing study.json is kept: it is the study's identity (plan.py reads it back).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "study.json").is_file():
+        return out
     plan = {"study": dataclasses.asdict(study), "config": cfg.to_dict(), "grid": grid(study, cfg)}
     (out / "study.json").write_text(json.dumps(plan, indent=1, default=list) + "\n")
     return out
@@ -232,12 +262,11 @@ def _train_all(study: StudyConfig, cfg: TrainConfig, out: Path) -> None:
             if finished(path, cfg.epochs):
                 log.info("skip %s: finished", path.name)
                 continue
-            resume = "auto" if (path / "last.pt").is_file() else None
-            log.info("%s %s (%s, seed %d)", "resume" if resume else "train", path.name, m.name,
-                     seed)  # fmt: skip
+            verb = "resume" if (path / "last.pt").is_file() else "train"
+            log.info("%s %s (%s, seed %d)", verb, path.name, m.name, seed)
             began = time.perf_counter()
-            try:
-                train(dataclasses.replace(cfg, model=m.name, seed=seed), path, resume)
+            try:  # "auto": start the run, or continue it from its last.pt
+                train(dataclasses.replace(cfg, model=m.name, seed=seed), path, "auto")
             finally:
                 _add_wall(path, time.perf_counter() - began)
 
