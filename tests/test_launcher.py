@@ -167,6 +167,45 @@ def test_a_killed_job_resubmitted_resumes_from_last_pt(tmp_path, capsys):
     assert f"resumed {run / 'last.pt'} at epoch {done}" in _logs(run)
 
 
+def _fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """An sbatch that keeps the script it is given: what SLURM would be asked to run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(
+        f'#!/bin/sh\ncat "$1" >> {tmp_path}/scripts\necho "Submitted batch job 4242"\n'
+    )
+    sbatch.chmod(0o755)
+    (bin_dir / "srun").symlink_to("/bin/true")  # submitit looks for it; the job script calls it
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "scripts"
+
+
+def test_slurm_gets_one_array_of_the_runs_sized_as_asked(tmp_path, monkeypatch, capsys):
+    scripts = _fake_sbatch(tmp_path, monkeypatch)
+    argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny", "--cardinalities",
+            "1,2", "--out", str(tmp_path / "s"), "--launcher", "submitit", "--cluster", "slurm",
+            "--partition", "gpu", "--account", "proj", "--gpus-per-run", "4", "--nodes-per-run",
+            "2", "--max-parallel", "1", "--timeout-min", "30", "--no-wait"]  # fmt: skip
+    assert main(argv) == 0
+    text = scripts.read_text()
+    for line in ("--array=0-1%1", "--partition=gpu", "--account=proj", "--nodes=2",
+                 "--gpus-per-node=2", "--ntasks-per-node=2", "--time=30", "--signal=USR2@90"):  # fmt: skip
+        assert f"#SBATCH {line}" in text, line
+    assert str(tmp_path / "s" / "submitit") in text  # the job logs live in STUDY/submitit
+
+
+def test_a_multi_node_training_is_one_job_of_nodes_x_gpus_tasks(tmp_path, monkeypatch):
+    scripts = _fake_sbatch(tmp_path, monkeypatch)
+    argv = ["train", "--recipe", "tiny", "--out", str(tmp_path / "r"), "--launcher", "submitit",
+            "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--no-wait"]  # fmt: skip
+    assert main(argv) == 0
+    text = scripts.read_text()
+    for line in ("--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8"):
+        assert f"#SBATCH {line}" in text, line
+    assert "--array" not in text
+
+
 @pytest.mark.parametrize("command", ["train", "study"])
 def test_slurm_without_sbatch_is_one_line_exit_2(command, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it

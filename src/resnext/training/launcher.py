@@ -75,12 +75,13 @@ class ClusterOptions:
 
 
 def check_cluster(opts: ClusterOptions) -> None:
-    """Fail before any work if submitit or (for slurm) sbatch is missing."""
+    """Fail before any work if submitit or (for slurm) SLURM's commands are missing."""
     require_submitit()
-    if opts.cluster == "slurm" and shutil.which("sbatch") is None:
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if opts.cluster == "slurm" and missing:
         raise ValueError(
-            "--cluster slurm needs SLURM's sbatch on the PATH and none was found "
-            "(--cluster local runs the jobs on this machine)"
+            f"--cluster slurm needs SLURM's sbatch and srun on the PATH; {missing[0]} was not "
+            "found (--cluster local runs the jobs on this machine)"
         )
 
 
