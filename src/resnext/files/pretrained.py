@@ -61,18 +61,9 @@ def transfer(
     classifier is kept when its shape fits and, where both are known, the class names agree;
     otherwise `model` keeps its fresh one. `model` takes `src`'s preprocessing and source.
     """
-    where = where or "the weights"
-    differ = [
-        f"{f.name}={getattr(src.spec, f.name)!r} (this model: {getattr(model.spec, f.name)!r})"
-        for f in dataclasses.fields(model.spec)
-        if f.name not in _FREE and getattr(src.spec, f.name) != getattr(model.spec, f.name)
-    ]
+    check_fits(src, model, where)
     state, target = src.state_dict(), model.state_dict()
     body = {k: v for k, v in state.items() if k not in CLASSIFIER}
-    report = compare_state_dicts(body, {k: v for k, v in target.items() if k not in CLASSIFIER})
-    if not report.ok or differ:
-        what = report.summary() if not report.ok else ", ".join(differ)
-        raise WeightsError(f"{where} holds another architecture than {_name(model)}: {what}")
     head = [k for k in CLASSIFIER if k in target]
     fits = all(k in state and state[k].shape == target[k].shape for k in head)
     same = class_names is None or src.class_names is None
@@ -93,6 +84,23 @@ def transfer(
         model.class_names = getattr(src, "class_names", None)
     model.source = getattr(src, "source", None)
     return reinit
+
+
+def check_fits(src: ResNeXt, model: ResNeXt, where: str = "") -> None:
+    """WeightsError unless every tensor of `src` but the classifier fits `model` (names and
+    shapes; `model` may live on the meta device) and the specs agree outside `_FREE`."""
+    where = where or "the weights"
+    differ = [
+        f"{f.name}={getattr(src.spec, f.name)!r} (this model: {getattr(model.spec, f.name)!r})"
+        for f in dataclasses.fields(model.spec)
+        if f.name not in _FREE and getattr(src.spec, f.name) != getattr(model.spec, f.name)
+    ]
+    state, target = src.state_dict(), model.state_dict()
+    body = {k: v for k, v in state.items() if k not in CLASSIFIER}
+    report = compare_state_dicts(body, {k: v for k, v in target.items() if k not in CLASSIFIER})
+    if not report.ok or differ:
+        what = report.summary() if not report.ok else ", ".join(differ)
+        raise WeightsError(f"{where} holds another architecture than {_name(model)}: {what}")
 
 
 def _outputs(state: dict) -> int:

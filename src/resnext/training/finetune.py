@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnext.files.pretrained import read_pretrained, transfer
+from resnext.files.pretrained import check_fits, read_pretrained, transfer
 from resnext.models.model import ResNeXt
 from resnext.models.zoo import get_spec
 from resnext.training.config import TrainConfig, resolve_config
@@ -57,7 +57,7 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     with torch.device("meta"):  # only the names and shapes are compared here
         probe = ResNeXt(spec)
     probe.name = cfg.model
-    transfer(src, probe, where=cfg.init)
+    check_fits(src, probe, where=cfg.init)
     pre = src.preprocessing
     if pre is None:
         return cfg
