@@ -107,7 +107,7 @@ def test_init_from_another_architecture_names_the_keys(tmp_path, capsys):
     path, _ = _source(tmp_path / "other.pt", name="resnext11_8x16d")
     assert _train(tmp_path, "--init", str(path)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds another architecture than resnext11_4x16d" in err
+    assert err.count("\n") == 1 and "holds a resnext11_8x16d model, not resnext11_4x16d" in err
     assert "shape mismatch (layer1.0.conv1.weight: file [128, 64, 1, 1] vs model [64, 64" in err
     assert not (tmp_path / "run").exists()
 

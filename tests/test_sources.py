@@ -204,7 +204,7 @@ def test_unknown_tags_and_models_list_the_known_ones(hub, no_network, capsys):
 
 
 def test_weights_for_another_architecture_name_the_keys(hub, weights_file, capsys):
-    with pytest.raises(ValueError, match="another architecture than resnet18: .*missing"):
+    with pytest.raises(ValueError, match="holds a resnext11_4x16d model, not resnet18: .*missing"):
         resnext.create_model("resnet18", weights=str(weights_file))
 
 

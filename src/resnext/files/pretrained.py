@@ -14,11 +14,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
 from resnext.files.weights import WeightsError, compare_state_dicts
 from resnext.models.model import ResNeXt
-from resnext.models.zoo import get_spec
+from resnext.models.zoo import get_spec, model_name
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +97,8 @@ def check_fits(src: ResNeXt, model: ResNeXt, where: str = "") -> None:
     body = {k: v for k, v in state.items() if k not in CLASSIFIER}
     report = compare_state_dicts(body, {k: v for k, v in target.items() if k not in CLASSIFIER})
     if not report.ok or differ:
-        what = report.summary() if not report.ok else ", ".join(differ)
-        raise WeightsError(f"{where} holds another architecture than {_name(model)}: {what}")
+        what = report.summary(limit=3) if not report.ok else ", ".join(differ)
+        raise WeightsError(f"{where} holds a {_name(src)} model, not {_name(model)}: {what}")
 
 
 def _outputs(state: dict) -> int:
@@ -108,5 +106,8 @@ def _outputs(state: dict) -> int:
     return int(fc.shape[0]) if fc is not None else 0
 
 
-def _name(model: nn.Module) -> str:
-    return getattr(model, "name", None) or "this model"
+def _name(model: ResNeXt) -> str:
+    name = getattr(model, "name", None)
+    if name:
+        return name
+    return model_name(model.spec) if model.spec.block == "bottleneck" else "custom"
