@@ -50,7 +50,7 @@ def main() -> None:
         sys.exit(f"usage: python3 make.py demo|test (got {target!r})")
     ensure_env("train" if target == "demo" else "test")
     if target == "demo":
-        # The main job (issue 3): train the `digits` recipe on the CPU, print accuracy, run dir, plot.
+        # The main job: train the `digits` recipe on the CPU, print accuracy, run dir, plot.
         run(str(BIN / "resnext"), "train", "--recipe", "digits", "--out", "runs/digits", *extra)
     else:
         run(str(BIN / "ruff"), "check", "src", "tests", "make.py")

@@ -1,4 +1,4 @@
-"""Grouped 3x3 convs of the model family, run as they are and with groups merged (issue 6).
+"""Grouped 3x3 convs of the model family, run as they are and with groups merged.
 
     python benchmarks/groups.py            # channels_last, forward + full backward, ~2 min
 

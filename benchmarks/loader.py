@@ -1,4 +1,4 @@
-"""The CIFAR training path on the CPU: the loader alone against the model step (issue 4).
+"""The CIFAR training path on the CPU: the loader alone against the model step.
 
     python benchmarks/loader.py --data ../shared/data/cifar10-jpeg [--model resnext11_8x12d_p16]
 

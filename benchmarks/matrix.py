@@ -1,4 +1,4 @@
-"""The standard speed matrix of issue 6, written to docs/matrix_{cpu,cuda}.md and JSON beside it.
+"""The standard speed matrix, written to docs/matrix_{cpu,cuda}.md and JSON beside it.
 
     python benchmarks/matrix.py                 # CPU rows (37 min measured on 2 idle cores)
     python benchmarks/matrix.py --quick         # small batch and few iterations, for a smoke run

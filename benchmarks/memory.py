@@ -1,4 +1,4 @@
-"""Resident memory after each epoch of a CPU training run on the CIFAR-10 JPEGs (issue 7).
+"""Resident memory after each epoch of a CPU training run on the CIFAR-10 JPEGs.
 
     python benchmarks/memory.py --data ../shared/data/cifar10-jpeg [--epochs 5] [--limit 2000]
 

@@ -1,4 +1,4 @@
-"""Images/s of one CPU training step for candidate `cpu` study presets (issue 4).
+"""Images/s of one CPU training step for candidate `cpu` study presets.
 
     python benchmarks/study_settings.py --part settings  # fp32/bf16 x NCHW/NHWC, ResNeXt-20
     python benchmarks/study_settings.py --part models    # the preset's ResNeXt-11, C = 1..8

@@ -1,4 +1,4 @@
-"""Mistaken inputs (issue 7): each gets one line naming what is wrong, exit status 2, no traceback.
+"""Mistaken inputs: each gets one line naming what is wrong, exit status 2, no traceback.
 
 A few go through the real console script; the rest through `resnext.cli.main` in-process.
 """
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from resnext.cli import main
-from resnext.files.checkpoint import load_checkpoint, save_checkpoint
+from resnext.files.checkpoint import save_checkpoint
+from resnext.files.model_file import read_model_file
 
 from conftest import digit_image, write_image_folder
 
@@ -42,7 +43,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (tmp / "truncated.pt").write_bytes(data[: len(data) // 3])
     (tmp / "torn").mkdir()
     (tmp / "torn" / "last.pt").write_bytes(data[: len(data) // 3])
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = read_model_file(run / "last.pt")
     save_checkpoint(tmp / "shapes.pt", {**ckpt, "spec": {**ckpt["spec"], "num_classes": 3}})
     (tmp / "empty").mkdir()
     names = ("run", "folder", "flat", "file", "planted.pt", "truncated.pt", "torn", "shapes.pt")

@@ -29,7 +29,7 @@ def tune_allocator(enable: bool = True) -> bool:
     """Keep freed activations in glibc's heap instead of unmapping them after every step.
 
     With glibc's defaults every large activation is a fresh mmap that page-faults on first touch
-    (issue 6 measured 80 s of system time against 230 s user for one eager run); this is the
+    (one eager run measured 80 s of system time against 230 s user); this is the
     runtime equivalent of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>, applied with mallopt
     so that no re-exec is needed. Costs about 30% more peak memory. Returns True if applied.
     `enable=False` restores glibc's defaults. The `resnext` command calls this unless

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "input_size", None) is not None and args.input_size < 1:
             raise UserError(f"--input-size must be positive, got {args.input_size}")
-        if allocator_tuning_wanted():  # issue 6: up to 2x faster eager CPU steps
+        if allocator_tuning_wanted():  # up to 2x faster eager CPU steps (docs/performance.md)
             tune_allocator()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)

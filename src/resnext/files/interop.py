@@ -2,7 +2,7 @@
 
 torchvision and timm ResNet/ResNeXt state_dicts already use our names (STYLE.md rule 4). pycls
 uses its own (`stem.conv`, `s1.b1.f.a`, `head.fc`), mapped by one pure function and its inverse.
-Wrong preprocessing is the usual reason ported weights score near 0% (issue 5), so every import
+Wrong preprocessing is the usual reason ported weights score near 0%, so every import
 records the preprocessing its source documents.
 """
 

@@ -24,7 +24,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[Tensor], backend: str 
 
     Args:
         model: float model (copied, put in eval mode).
-        calibration: input batches, a few hundred images in all (issue 5).
+        calibration: input batches, a few hundred images in all.
         backend: quantized engine, "x86" for current Intel/AMD CPUs.
     """
     from torch.ao.quantization import get_default_qconfig_mapping

@@ -1,4 +1,4 @@
-"""Inference fusion: every BatchNorm folded into the convolution before it (issue 5).
+"""Inference fusion: every BatchNorm folded into the convolution before it.
 
 In eval mode BN is an affine map per channel, so conv-then-BN is one conv with scaled weights and
 a bias. Form (a) sums C branch convs before its last BN; the BN's scale goes into every branch
