@@ -17,7 +17,7 @@ from resnext.cli import main
 from resnext.data.preprocessing import Preprocessing
 from resnext.files.model_file import read_model_file, save_model_file
 from resnext.training.config import resolve_config
-from resnext.training.finetune import finetune_config
+from resnext.training.finetune import finetune_config, freeze_stages
 from resnext.training.optim import build_optimizer, set_lr
 
 from conftest import randomize_bn
@@ -129,3 +129,19 @@ def test_finetune_recipe_is_a_fine_tuning_start():
     cfg = resolve_config("finetune")
     assert (cfg.lr, cfg.lr_batch, cfg.momentum, cfg.schedule) == (0.01, 256, 0.9, "cosine")
     assert cfg.label_smoothing == 0.1 and cfg.weight_decay == 1e-4 and cfg.epochs <= 20
+
+
+def test_frozen_bn_stays_in_eval_mode_while_the_rest_trains():
+    model = resnext.create_model(MODEL, in_channels=1)
+    frozen = freeze_stages(model, 1)
+    model.train()
+    assert not model.bn1.training and not model.layer1[0].bn3.training
+    assert model.layer2[0].bn1.training and model.fc.weight.requires_grad
+    assert "layer1.0.conv2.weight" in frozen and not model.layer1[0].conv2.weight.requires_grad
+    assert all(p.requires_grad for p in model.layer2.parameters())
+    before = model.layer1[0].bn1.running_mean.clone()
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert torch.equal(model.layer1[0].bn1.running_mean, before)
+    assert (
+        model.layer1[0].conv1.weight.grad is None and model.layer2[0].conv1.weight.grad is not None
+    )
