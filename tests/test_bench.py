@@ -14,6 +14,7 @@ from resnext.inference.backends import OnnxRuntimeModel, optimize_for_inference
 from resnext.inference.bench import (
     BenchConfig,
     markdown,
+    peak_precision,
     run_row,
     torchvision_reference,
     train_flops,
@@ -187,13 +188,36 @@ def test_bench_row_with_merged_groups(monkeypatch) -> None:
     assert "eager + merged groups" in markdown([row])
 
 
-def test_bench_cli_writes_json(tmp_path, capsys) -> None:
+def test_bench_cli_json_is_a_switch_and_out_writes_the_file(tmp_path, capsys) -> None:
     out = tmp_path / "rows.json"
     argv = ["bench", "--models", "resnext29_1x64d", "--batch-size", "2", "--input-size", "8",
-            "--iters", "2", "--warmup", "1", "--form", "b", "--json", str(out)]  # fmt: skip
+            "--iters", "2", "--warmup", "1", "--form", "b", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())
     assert rows[0]["form"] == "b" and rows[0]["model"] == "resnext29_1x64d"
-    assert "resnext29_1x64d" in capsys.readouterr().out
+    assert "| resnext29_1x64d |" in capsys.readouterr().out
+    assert main([*argv[:-2], "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in printed] == ["resnext29_1x64d"]
     assert main(["bench", "--batch-size", "0"]) == 2
     assert main(["bench", "--backend", "onnxruntime", "--mode", "train"]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_bench_on_a_missing_gpu_is_one_line_like_train(tmp_path, capsys) -> None:
+    assert main(["bench", "--device", "cuda", "--models", "resnet18"]) == 2
+    bench = capsys.readouterr().err
+    assert main(["train", "--recipe", "tiny", "--set", "device=cuda", "--out", str(tmp_path)]) == 2
+    train = capsys.readouterr().err
+    assert bench == train == "resnext: error: device=cuda but no CUDA device is available\n"
+
+
+def test_fp16_on_the_cpu_has_no_gemm_peak() -> None:
+    """CPUs have no fp16 GEMM: the share of a peak is n/a, not a fallback's 3879%."""
+    assert peak_precision("fp16", "cpu") is None and peak_precision("fp16", "cuda") is not None
+    assert peak_precision("bf16", "cpu") == torch.bfloat16
+    cfg = BenchConfig("resnet18", "infer", batch_size=2, precision="fp16", input_size=16,
+                      warmup=1, iters=1, backend="torch")  # fmt: skip
+    row = run_row(cfg)
+    assert row["gemm_peak_gflops"] is None and row["fraction_of_peak"] is None
+    assert "(n/a) |" in markdown([row])

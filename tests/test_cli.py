@@ -67,3 +67,39 @@ def test_user_errors_are_one_line_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_design_refuses_a_cardinality_no_width_can_balance(capsys) -> None:
+    """Past C ~ 143, even d = 1 costs more than ResNet-50; C = 3000 would be 21x its MACs."""
+    assert main(["design", "--cardinality", "3000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no width keeps C=3000 within 10%" in err
+    assert err.rstrip().endswith("the nearest C that can is 143")
+
+
+@pytest.mark.parametrize("command", ["train", "study", "bench", "info", "design"])
+def test_help_shows_defaults_and_choices_come_from_the_config_types(command, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: " in text
+    if command in ("train", "study"):
+        assert "{folder,cifar10,cifar100,digits}" in text  # typing.get_args(Dataset)
+    if command == "bench":
+        assert "--json print one JSON object per row" in text and "{auto,cpu,cuda}" in text
+
+
+def test_every_flag_means_one_thing_in_every_subcommand() -> None:
+    """A flag shared by subcommands takes the same kind of value everywhere (--json a switch)."""
+    from resnext.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
+    kinds: dict[str, set] = {}
+    for p in sub.values():
+        for a in p._actions:
+            for flag in a.option_strings:
+                kinds.setdefault(flag, set()).add((a.nargs, a.const, type(a).__name__))
+    assert kinds["--json"] == {(0, True, "_StoreTrueAction")}
+    mixed = {f: k for f, k in kinds.items() if len(k) > 1 and f not in ("-h", "--help")}
+    assert not mixed, mixed

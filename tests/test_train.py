@@ -86,12 +86,16 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         _assert_same_run(tmp_path / "straight", run)
 
 
-def test_cli_train_evaluate_plot(tmp_path, capsys):
+def test_cli_train_evaluate_plot(tmp_path, capsys, caplog):
     run = tmp_path / "run"
     args = ["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1", "--seed", "1"]
-    assert main([*args, "--set", "train_limit=32", "--set", "val_limit=16"]) == 0
-    out = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="resnext"):
+        assert main([*args, "--set", "train_limit=32", "--set", "val_limit=16"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert f"run directory: {run}" in out and f"plot: {run / 'errors.png'}" in out
+    assert (captured.out + captured.err).count("plot: ") == 1  # not logged again
+    assert not [m for m in caplog.messages if m.startswith("plot: ")]
     assert (
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--json"])
         == 0

@@ -5,25 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from resnext.cli.common import UserError
+from resnext.cli.common import DefaultsFormatter, UserError
 from resnext.models.blocks import bottleneck_width
-from resnext.models.complexity import count_complexity
-from resnext.models.design import block_macs, design_width
-from resnext.models.model import build_model
-from resnext.models.zoo import _TEMPLATES, ModelSpec, get_spec, list_models
-
-
-def default_input_size(spec: ModelSpec) -> int:
-    """224 for the ImageNet template, 32 for CIFAR."""
-    return 224 if spec.template == "imagenet" else 32
-
-
-def _meta_complexity(spec: ModelSpec, size: int) -> dict:
-    with torch.device("meta"):
-        model = build_model(spec)
-    return count_complexity(model, (spec.in_channels, size, size)).to_dict()
+from resnext.models.complexity import meta_complexity
+from resnext.models.design import TEMPLATES, block_macs, check_design, design_width, template_spec
+from resnext.models.zoo import default_input_size, get_spec, list_models
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -32,7 +18,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     for name in args.names or list_models():
         spec = get_spec(name)
         size = args.input_size or default_input_size(spec)
-        rows.append({"name": name, "input_size": size} | _meta_complexity(spec, size))
+        rows.append({"name": name, "input_size": size} | meta_complexity(spec, size).to_dict())
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -54,19 +40,19 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_design(args: argparse.Namespace) -> None:
     """Table 2: the width d that keeps the complexity of the C=1 template for a given C."""
-    if args.depth not in _TEMPLATES or _TEMPLATES[args.depth][1] != "bottleneck":
-        depths = sorted(k for k, v in _TEMPLATES.items() if v[1] == "bottleneck")
+    if args.depth not in TEMPLATES or TEMPLATES[args.depth][1] != "bottleneck":
+        depths = sorted(k for k, v in TEMPLATES.items() if v[1] == "bottleneck")
         raise UserError(f"--depth must be one of {depths} (bottleneck templates), got {args.depth}")
     if args.cardinality < 1:
         raise UserError(f"--cardinality must be positive, got {args.cardinality}")
     if args.base_planes < 1:
         raise UserError(f"--base-planes must be positive, got {args.base_planes}")
     d = design_width(args.cardinality, args.baseline_width, args.base_planes)
-    template, block, depths = _TEMPLATES[args.depth]
-    spec = ModelSpec(template, block, depths, args.cardinality, d, base_planes=args.base_planes)
-    base = ModelSpec(template, block, depths, 1, args.baseline_width, base_planes=args.base_planes)
+    check_design(args.depth, args.cardinality, d, args.baseline_width, args.base_planes)
+    spec = template_spec(args.depth, args.cardinality, d, args.base_planes)
+    base = template_spec(args.depth, 1, args.baseline_width, args.base_planes)
     size = default_input_size(spec)
-    full, ref = _meta_complexity(spec, size), _meta_complexity(base, size)
+    full, ref = meta_complexity(spec, size).to_dict(), meta_complexity(base, size).to_dict()
     result = {
         "depth": args.depth,
         "cardinality": args.cardinality,
@@ -92,16 +78,19 @@ def cmd_design(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """info, design: the family itself."""
-    p = sub.add_parser("info", help="params / MACs / activations of named models")
+    p = sub.add_parser("info", help="params / MACs / activations of named models",
+                       formatter_class=DefaultsFormatter)  # fmt: skip
     p.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
-    p.add_argument("--input-size", type=int, default=None, help="square input side")
-    p.add_argument("--json", action="store_true", help="one JSON object per model")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square input side (default: 224 for ImageNet models, 32 for CIFAR)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("design", help="complexity-preserving width d for a cardinality (Table 2)")
-    p.add_argument("--depth", type=int, default=50)
-    p.add_argument("--cardinality", type=int, required=True)
+    p = sub.add_parser("design", help="complexity-preserving width d for a cardinality (Table 2)",
+                       formatter_class=DefaultsFormatter)  # fmt: skip
+    p.add_argument("--depth", type=int, default=50, help="network depth of the bottleneck template")
+    p.add_argument("--cardinality", type=int, required=True, help="C, the number of paths")
     p.add_argument("--baseline-width", type=int, default=64, help="d of the C=1 baseline")
     p.add_argument("--base-planes", type=int, default=64, help="first-stage planes (narrow nets)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_design)

@@ -1,9 +1,9 @@
-"""Benchmark harness: our model against torchvision's, same weights and input, interleaved (issue 6).
+"""Benchmark harness: our model against torchvision's, same weights and input, interleaved.
 
 Each row times our configured model and the reference (torchvision eager, fp32, NCHW) in the same
 process, alternating iterations after warm-up so that machine noise hits both alike, and reports
 median images/s with the spread, their ratio, achieved GFLOP/s against a GEMM peak measured in the
-same run, and peak memory.
+same run at the precision the row runs (n/a where no such peak exists), and peak memory.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from resnext.models.complexity import count_complexity
 from resnext.models.forms import convert_form
 from resnext.models.merged import merge_small_groups
 from resnext.models.model import ResNeXt, create_model
+from resnext.models.zoo import default_input_size
 from resnext.precision import DTYPES as _DTYPES
 
 Mode = Literal["infer", "train"]
@@ -79,6 +80,15 @@ def gemm_peak_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int =
         _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def peak_precision(precision: str, device: str) -> torch.dtype | None:
+    """The dtype whose GEMM bounds what a row at `precision` runs, or None where none is known:
+    CPUs have no fp16 GEMM (PyTorch's fp16 matmul there is a slow fallback, 40x below the
+    convolutions oneDNN runs), so no fp16 peak on the CPU would mean anything."""
+    if precision == "fp16" and not device.startswith("cuda"):
+        return None
+    return _DTYPES[precision]
 
 
 def _sync(device: str) -> None:
@@ -155,7 +165,7 @@ def run_row(cfg: BenchConfig) -> dict:
     model = base if cfg.form == "c" else convert_form(base, cfg.form)
     if cfg.merge_groups:
         merge_small_groups(model)  # after the reference took its copy of the weights
-    size = cfg.input_size or (224 if base.spec.template == "imagenet" else 32)
+    size = cfg.input_size or default_input_size(base.spec)
     shape = (3, size, size)
     flops = (
         2 * count_complexity(model, shape).macs
@@ -196,7 +206,8 @@ def run_row(cfg: BenchConfig) -> dict:
             times[name].append(time.perf_counter() - t)
     ips = {k: [cfg.batch_size / t for t in v] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in ips.items()}
-    peak = gemm_peak_gflops(_DTYPES[cfg.precision], cfg.device)
+    dtype = peak_precision("fp32" if cfg.backend == "onnxruntime" else cfg.precision, cfg.device)
+    peak = gemm_peak_gflops(dtype, cfg.device) if dtype is not None else None
     gflops = flops * med["ours"] / 1e9
     return asdict(cfg) | {
         "input_size": size,
@@ -207,7 +218,7 @@ def run_row(cfg: BenchConfig) -> dict:
         "ratio": med["ours"] / med["ref"],
         "gflops": gflops,
         "gemm_peak_gflops": peak,
-        "fraction_of_peak": gflops / peak,
+        "fraction_of_peak": gflops / peak if peak else None,
         "peak_memory_mb": peak_mb["ours"],
         "ref_peak_memory_mb": peak_mb["ref"],
         "flops_per_image": flops,
@@ -221,6 +232,10 @@ def _engine(row: dict) -> str:
     return engine + " + merged groups" if row.get("merge_groups") else engine
 
 
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     head = (
@@ -232,7 +247,7 @@ def markdown(rows: list[dict]) -> str:
         f"| {r['model']} | {r['mode']} | {r['batch_size']} | {r['precision']} | {r['layout']} "
         f"| {_engine(r)} | {r['form']} | {r['images_per_s']:.1f} "
         f"({r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f}) | {r['ref_images_per_s']:.1f} "
-        f"| {r['ratio']:.2f}x | {r['gflops']:.0f} ({100 * r['fraction_of_peak']:.0f}%) "
+        f"| {r['ratio']:.2f}x | {r['gflops']:.0f} ({_percent(r['fraction_of_peak'])}) "
         f"| {r['peak_memory_mb']:.0f} ({r['ref_peak_memory_mb']:.0f}) |"
         for r in rows
     ]

@@ -154,12 +154,17 @@ _TABLE: dict[str, tuple[int, int, int]] = {
     "resnext29_4x64d": (29, 4, 64),
     "resnext29_8x64d": (29, 8, 64),
     "resnext29_16x64d": (29, 16, 64),
-    # One block per stage: the `digits` training recipe's CPU-sized model (issue 3).
+    # One block per stage: the `digits` training recipe's CPU-sized model.
     "resnext11_4x16d": (11, 4, 16),
 }
 
 # Fields a name fixes; overriding one of them with another value contradicts the name.
 ARCH_FIELDS = ("template", "block", "depths", "cardinality", "base_width", "base_planes")
+
+
+def default_input_size(spec: ModelSpec) -> int:
+    """The side of the images a template is designed for: 224 (ImageNet), 32 (CIFAR)."""
+    return 224 if spec.template == "imagenet" else 32
 
 
 def _row_spec(depth: int, cardinality: int, base_width: int) -> ModelSpec:
@@ -187,7 +192,7 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-# Names outside the table (issue 4's studies): depth, C and d, optionally narrow planes.
+# Names outside the table (the studies' members): depth, C and d, optionally narrow planes.
 _NAME = re.compile(r"^resnext(?P<depth>\d+)_(?P<c>\d+)x(?P<d>\d+)d(?:_p(?P<planes>\d+))?$")
 
 

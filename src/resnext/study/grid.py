@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from resnext.data.datasets import decode_once
 from resnext.models.blocks import bottleneck_width
-from resnext.models.complexity import count_complexity
+from resnext.models.complexity import Complexity, meta_complexity
 from resnext.models.design import design_width
-from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec, get_spec, model_name
 from resnext.training.config import RECIPES, TrainConfig, resolve_config
 
@@ -159,14 +156,6 @@ def _depths(base: ModelSpec, depth: int) -> tuple[int, ...]:
     return spec.depths
 
 
-def complexity(spec: ModelSpec, size: int) -> dict[str, int]:
-    """Params and MACs per image, counted on the meta device (no memory, no time)."""
-    with torch.device("meta"):
-        model = build_model(spec)
-    c = count_complexity(model, (spec.in_channels, size, size))
-    return {"params": c.params, "macs": c.macs}
-
-
 def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per member: arm, label, C, d, group width, depth, params, MACs."""
     rows = []
@@ -180,7 +169,7 @@ def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
             "arm": m.arm, "label": m.label, "model": m.name, "cardinality": s.cardinality,
             "d": s.base_width, "group_width": bottleneck_width(s.base_planes, s.base_width,
                                                                 s.cardinality),
-            "depth": s.depth, **complexity(s, cfg.train_size),
+            "depth": s.depth, **_params_macs(meta_complexity(s, cfg.train_size)),
         })  # fmt: skip
     return rows
 
@@ -189,6 +178,10 @@ def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
 # size and padding. A study of a CIFAR-recipe template on digits takes digits' (8 px grey).
 _NATIVE = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}
 _SHAPE_FIELDS = ("mean", "std", "train_size", "pad", "eval_resize", "eval_crop")
+
+
+def _params_macs(c: Complexity) -> dict[str, int]:
+    return {"params": c.params, "macs": c.macs}
 
 
 def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig:

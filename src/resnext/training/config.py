@@ -2,14 +2,10 @@
 
 A recipe is a `TrainConfig` with some fields changed; `resolve_config(recipe, overrides)` applies
 command-line options on top and checks every value against the field's type, so a typo or a
-wrong type fails before anything is built.
-
-A shorter or longer schedule keeps the recipe's shape: when `epochs` overrides the recipe's and
-`milestones` is not given, the step milestones scale with it (the paper's CIFAR decays at 150
-and 225 of 300 epochs, i.e. at 0.5 and 0.75 of the run: `--epochs 20` decays at 10 and 15;
-a milestone that would fall on epoch 0 or past the end is dropped). Milestones given
-explicitly are kept as given, and refused if one is not before the last epoch (it would never
-take effect). The data path is stored absolute, so a run resumes from any directory.
+wrong type fails before anything is built. When `epochs` overrides the recipe's and `milestones`
+is not given, the milestones scale with the schedule (CIFAR's 150 and 225 of 300 epochs are 0.5
+and 0.75 of it: `--epochs 20` decays at 10 and 15; one falling on epoch 0 is dropped); explicit
+milestones are kept, and refused unless before the last epoch. `data` is stored absolute.
 """
 
 from __future__ import annotations
@@ -19,13 +15,13 @@ import difflib
 import functools
 import json
 import os
-import types
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from resnext.precision import Precision
+from resnext.training.fields import check_value, parse_value
 
 Dataset = Literal["folder", "cifar10", "cifar100", "digits"]
 Augment = Literal["crop_flip", "inception", "none"]
@@ -100,9 +96,8 @@ class TrainConfig:
     device: Device = "auto"
     precision: Precision = "fp32"
     channels_last: bool = True  # faster or equal training on the CPU (docs/performance.md)
-    merge_groups: bool = (
-        True  # CPU only: run groups of < 4 channels merged (exact; models/merged.py)
-    )
+    # CPU only: run groups of < 4 channels merged (exact; models/merged.py).
+    merge_groups: bool = True
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -114,7 +109,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(
-                self, f.name, _check(f.name, getattr(self, f.name), _hints()[f.name])
+                self, f.name, check_value(f.name, getattr(self, f.name), _hints()[f.name])
             )
         positive = ("epochs", "batch_size", "lr_batch", "accum_steps", "train_size", "eval_crop")
         for name in positive:
@@ -147,25 +142,21 @@ class TrainConfig:
 
 
 def resolve_config(recipe: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A named recipe with overrides applied (values may be strings from `--set key=value`).
-
-    An `epochs` override without `milestones` scales the recipe's milestones with it.
-    """
+    """A named recipe with overrides applied (values may be strings from `--set key=value`)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; recipes are {sorted(RECIPES)}")
     base, overrides = RECIPES[recipe], overrides or {}
     cfg = apply_overrides(base, overrides)
-    if "milestones" not in overrides and cfg.epochs != base.epochs:
-        milestones = scale_milestones(base.milestones, base.epochs, cfg.epochs)
-        cfg = dataclasses.replace(cfg, milestones=milestones)
+    if "milestones" not in overrides and cfg.epochs != base.epochs:  # the schedule's shape
+        cfg = dataclasses.replace(cfg, milestones=scale_milestones(base, cfg.epochs))
     check_milestones(cfg)
     return cfg
 
 
-def scale_milestones(milestones: tuple[int, ...], epochs: int, new: int) -> tuple[int, ...]:
-    """Milestones of an `epochs` schedule at the same fractions of a `new`-epoch one."""
-    scaled = (m * new // epochs for m in milestones)
-    return tuple(m for m in scaled if 0 < m < new)
+def scale_milestones(recipe: TrainConfig, epochs: int) -> tuple[int, ...]:
+    """The recipe's milestones at the same fractions of an `epochs`-epoch schedule."""
+    scaled = (m * epochs // recipe.epochs for m in recipe.milestones)
+    return tuple(m for m in scaled if 0 < m < epochs)
 
 
 def check_milestones(cfg: TrainConfig) -> None:
@@ -187,7 +178,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
             close = difflib.get_close_matches(key, list(hints), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown config key {key!r}{hint}")
-        changes[key] = _parse(key, value, hints[key]) if isinstance(value, str) else value
+        changes[key] = parse_value(key, value, hints[key]) if isinstance(value, str) else value
     return dataclasses.replace(config, **changes)
 
 
@@ -217,60 +208,6 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 @functools.cache
 def _hints() -> dict[str, Any]:
     return get_type_hints(TrainConfig)
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _parse(name: str, text: str, tp: Any) -> Any:
-    """Turn the string of a `--set` into a value of the field's type."""
-    try:
-        if tp is bool:
-            if text.lower() not in _TRUE + _FALSE:
-                raise ValueError
-            return text.lower() in _TRUE
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-        if get_origin(tp) is tuple:
-            item = get_args(tp)[0]
-            return tuple(item(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ValueError(f"{name} expects {_name(tp)}, got {text!r}") from None
-    return text
-
-
-def _check(name: str, value: Any, tp: Any) -> Any:
-    """Validate `value` against the annotation; ints are accepted where floats are expected."""
-    if get_origin(tp) is Literal:
-        if value not in get_args(tp):
-            raise ValueError(f"{name} must be one of {list(get_args(tp))}, got {value!r}")
-        return value
-    if get_origin(tp) is tuple:
-        item = get_args(tp)[0]
-        if isinstance(value, (list, tuple)):
-            value = tuple(float(v) if item is float and _is_int(v) else v for v in value)
-            if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-                return value
-        raise ValueError(f"{name} expects {_name(tp)}, got {value!r}")
-    if tp is float and _is_int(value):
-        return float(value)
-    if get_origin(tp) in (Union, types.UnionType):
-        raise TypeError(f"unsupported config annotation for {name}")
-    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise ValueError(f"{name} expects {_name(tp)}, got {value!r}")
-    return value
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _name(tp: Any) -> str:
-    if get_origin(tp) is tuple:
-        return f"comma-separated {get_args(tp)[0].__name__}s"
-    return getattr(tp, "__name__", str(tp))
 
 
 # Paper section 4 and the original Torch code: Nesterov SGD, step lr /10 at 30, 60, 90 of 100.

@@ -1,4 +1,4 @@
-"""torchrun integration: one code path for one process or many (issue 3).
+"""torchrun integration: one code path for one process or many.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them (or with WORLD_SIZE=1) nothing is
 initialised and every helper is a no-op, so a plain `resnext train` needs no launcher.
@@ -33,16 +33,36 @@ def setup(device: str = "auto") -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         kwargs = {"device_id": dev} if use_cuda else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return Context(rank, world, local_rank, dev)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device a setting names: "auto" (CUDA if there is one), "cpu", "cuda" (this process's
+    GPU, cuda:LOCAL_RANK) or "cuda:N". The one check of a device string: train's device= and
+    bench's --device; a GPU that is not there is a one-line error, not a CUDA traceback."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name} but no CUDA device is available")
+        index = local_rank if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s)")
+        dev = torch.device("cuda", index)
+    return dev
 
 
 def teardown() -> None:
