@@ -32,7 +32,10 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--model", default="resnext11_8x12d_p16", help="the cpu preset's C=8")
     parser.add_argument(
-        "--split", choices=["train", "val"], default="train", help="val decodes less"
+        "--split",
+        choices=["train", "auto"],
+        default="train",
+        help="auto: the held-out split (val/ or test/), which decodes less",
     )
     parser.add_argument("--loader-steps", type=int, default=100)
     parser.add_argument("--model-steps", type=int, default=8)

@@ -1,4 +1,4 @@
-"""Faults injected for real (issue 7): SIGKILL, SIGTERM and SIGINT of real training processes,
+"""Faults injected for real: SIGKILL, SIGTERM and SIGINT of real training processes,
 non-finite losses. A killed run resumes with `--resume auto` and ends with the weights of an
 uninterrupted run; the previous checkpoint always loads.
 

@@ -1,4 +1,4 @@
-"""The cardinality study (issue 4): grid, names, end to end through the CLI, skip on re-run."""
+"""The cardinality study: grid, names, end to end through the CLI, skip on re-run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A study's results from its run directories: results.json, results.md and study.png (issue 4).
+"""A study's results from its run directories: results.json, results.md and study.png.
 
 Only finished runs enter the mean ± std; unfinished ones are listed with how far they got, so a
 partial study reports what it measured and nothing more.
@@ -13,7 +13,7 @@ from typing import Any
 
 from resnext.training.plot import read_metrics
 
-WITHIN_SECONDS = 30 * 60  # "best accuracy within 30 minutes of training" (issue 4)
+WITHIN_SECONDS = 30 * 60  # "best accuracy within 30 minutes of training"
 
 
 def _mean_std(values: list[float]) -> dict[str, float | None]:

@@ -48,7 +48,7 @@ class TrainConfig:
     data: str = ""
     download: bool = False
     in_memory: InMemory = "auto"
-    bad_images: BadImages = "skip"  # unreadable files: skip with a warning, or stop (issue 7)
+    bad_images: BadImages = "skip"  # bad image files: skip each with a warning, or stop
     # Optimisation.
     epochs: int = 15
     batch_size: int = 64
@@ -62,7 +62,7 @@ class TrainConfig:
     schedule: Schedule = "cosine"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    warmup_epochs: float = 0.0  # fractions allowed: short CPU schedules (issue 4)
+    warmup_epochs: float = 0.0  # fractions allowed: short CPU schedules
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0

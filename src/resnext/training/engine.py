@@ -1,5 +1,5 @@
 """One training epoch and one evaluation pass: plain functions, one path for every device,
-precision and world size (issue 3).
+precision and world size.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def train_step(t: Trainee, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Ge
         stats += torch.stack(
             [loss.detach().float() * len(yc), wrong.float(), stats.new_tensor(len(yc))]
         )
-    # One sync per step: the check must come before the update (issue 7).
+    # One sync per step: the check must come before the update.
     if any_rank(not torch.isfinite(stats[0]).item(), device):
         t.optimizer.zero_grad(set_to_none=True)
         t.step += 1

@@ -1,4 +1,4 @@
-"""Graceful stop (issue 7): SIGTERM or SIGINT asks the trainer to finish its step, save, and exit.
+"""Graceful stop: SIGTERM or SIGINT asks the trainer to finish its step, save, and exit.
 
 Schedulers (Slurm, Kubernetes, spot pre-emption) send SIGTERM some seconds before SIGKILL; a
 second signal falls back to the previous handler, so a double Ctrl-C still stops at once.
