@@ -207,6 +207,10 @@ def test_resuming_a_finished_run_touches_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"{run} is already finished (1 epochs)") and out.count("\n") == 1
     assert _files(run) == before
+    # Another change than epochs is checked as for any resume: here refused, still untouched.
+    assert main(["train", "--out", str(run), "--resume", "auto", "--model", "resnext11_2x8d"]) == 2
+    assert "cannot resume: the checkpoint holds" in capsys.readouterr().err
+    assert _files(run) == before
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # more: continues
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2  # fewer: refused

@@ -49,8 +49,8 @@ def load_folder(
     """
     base = Path(root) / split
     if not base.is_dir():
-        where = f"{root} does not exist" if not Path(root).exists() else f"no {split} folder"
-        raise ValueError(f"no {split} split: {where} (expected {base}/<class>/<image>)")
+        why = f"{root} does not exist" if not Path(root).exists() else f"expected {base}/<class>/"
+        raise ValueError(f"no {split} folder in {root!r} ({why})")
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")

@@ -82,13 +82,19 @@ def restore(
 
     Another architecture or other classes than the checkpoint's are refused, naming them.
     """
-    check_classes(ckpt.get("class_names"), classes)
     theirs = ckpt.get("spec") or {}
     differ = [k for k, v in spec.to_dict().items() if k in theirs and theirs[k] != v]
+    other_classes = class_difference(ckpt.get("class_names"), classes)
     if differ or "optimizer" not in ckpt:
         have = ", ".join(f"{k}={theirs[k]!r}" for k in differ) or "no training state"
         want = ", ".join(f"{k}={getattr(spec, k)!r}" for k in differ) or "optimizer, step, rng"
-        raise CheckpointError(f"cannot resume: the checkpoint holds {have}; this run needs {want}")
+        why = f" (classes: {other_classes})" if other_classes else ""
+        raise CheckpointError(
+            f"cannot resume: the checkpoint holds {have}; this run needs {want}{why}"
+        )
+    if other_classes:
+        raise CheckpointError(f"cannot resume: the data's classes are not the checkpoint's: "
+                              f"{other_classes}")  # fmt: skip
     t.raw.load_state_dict(ckpt["model"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
     t.scaler.load_state_dict(ckpt["scaler"])
@@ -102,22 +108,18 @@ def restore(
     return int(ckpt["epoch"]), int(ckpt.get("batch", 0)), sums, float(ckpt["best_val_top1_error"])
 
 
-def check_classes(saved: list[str] | None, classes: list[str]) -> None:
-    """Refuse to resume on data whose classes differ from the checkpoint's, naming them (a
-    renamed class folder would silently swap labels, a new one change the head)."""
+def class_difference(saved: list[str] | None, classes: list[str]) -> str:
+    """How the data's classes differ from the checkpoint's, or "" (a renamed class folder
+    would silently swap labels, a new one change the head)."""
     if saved is None or list(saved) == list(classes):
-        return
+        return ""
     gone = [c for c in saved if c not in classes]
     new = [c for c in classes if c not in saved]
     if gone or new:
         parts = [f"only the checkpoint has {_names(gone)}" if gone else "",
                  f"only the data has {_names(new)}" if new else ""]  # fmt: skip
-        differ = "; ".join(p for p in parts if p)
-    else:
-        differ = f"the same classes in another order ({_names(saved)} vs {_names(classes)})"
-    raise CheckpointError(
-        f"cannot resume: the data's classes differ from the checkpoint's: {differ}"
-    )
+        return "; ".join(p for p in parts if p)
+    return f"the same classes in another order ({_names(saved)} vs {_names(classes)})"
 
 
 def _names(classes: list[str], most: int = 8) -> str:

@@ -84,9 +84,8 @@ def train(
             check_progress(ckpt, cfg.epochs, out)
     except RunFinished as e:
         log.info("%s", e)
-        metrics = ckpt.get("metrics") or {}
-        best = ckpt.get("best_val_top1_error")
-        return {**metrics, "best_val_top1_error": best, "already_finished": int(ckpt["epoch"])}
+        if cfg.to_dict() == ckpt.get("config"):  # no other change asked: no data to read
+            return _finished(ckpt)
     ctx = setup(cfg.device)
     try:
         with StopSignals() as stop:
@@ -122,6 +121,8 @@ def _train(
     start_epoch, start_batch, sums, best = 0, 0, None, float("inf")
     if resume is not None:
         start_epoch, start_batch, sums, best = restore(t, resume[1], spec, train_set.classes, ctx)
+        if (start_epoch, start_batch) == (cfg.epochs, 0):  # finished, and the data still fits
+            return _finished(resume[1])
         log.info("resumed %s at epoch %d, batch %d", resume[0], start_epoch, start_batch)
     saver = Saver(t, spec, cfg, train_set.classes, out, best)
     if resume is not None:
@@ -190,6 +191,13 @@ def _train(
     if ctx.main:
         plot_run(out)  # the command line prints where (errors.png)
     return {**metrics, "best_val_top1_error": saver.best, "val_split": val_set.split}
+
+
+def _finished(ckpt: dict) -> dict[str, Any]:
+    """What a finished run measured, from its last checkpoint; nothing is written."""
+    best = ckpt.get("best_val_top1_error")
+    metrics = ckpt.get("metrics") or {}
+    return {**metrics, "best_val_top1_error": best, "already_finished": int(ckpt["epoch"])}
 
 
 def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
