@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from resnext import ResNeXt, build_model, create_model, list_models
+from resnext import ResNeXt, build_model, create_model, get_spec, list_models
 
 from conftest import tiny_spec
 
 
+def narrow(name: str, planes: int = 16, **overrides) -> ResNeXt:
+    """The named architecture (depths, C, d, template, form, strides, groups, state_dict names)
+    at `planes` first-stage planes instead of 64: the same network, cheap to run on a CPU."""
+    return build_model(replace(get_spec(name, **overrides), base_planes=planes))
+
+
+def full_width(name: str, **overrides) -> ResNeXt:
+    """The named model at its real width, on the meta device: shapes only, no memory or init."""
+    with torch.device("meta"):
+        return create_model(name, **overrides)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_registered_model_forward_backward_script(name: str) -> None:
-    model = create_model(name, num_classes=7)
+    model = narrow(name, num_classes=7)
+    # The narrow copy is the registered network but for the widths: same keys, same groups.
+    real = full_width(name, num_classes=7).state_dict()
+    assert list(model.state_dict()) == list(real)
+    assert [m.groups for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        m.groups for m in full_width(name).modules() if isinstance(m, torch.nn.Conv2d)
+    ]
     # Small inputs: the ImageNet template reaches 1x1 at conv5 (BN still sees 2 values).
     size = 32 if model.spec.template == "imagenet" else 8
     x = torch.randn(2, 3, size, size)
@@ -36,18 +56,19 @@ def test_torch_export_of_grouped_model() -> None:
 
 
 def test_any_input_size() -> None:
-    model = create_model("resnext50_32x4d", num_classes=5).eval()
+    model = narrow("resnext50_32x4d", num_classes=5).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 97, 75)).shape == (1, 5)
 
 
 def test_interface() -> None:
-    model = create_model("resnext50_32x4d").eval()
+    assert full_width("resnext50_32x4d").num_features == 2048
+    model = narrow("resnext50_32x4d").eval()  # 16 planes: 8 * 4 * 16 = 512 features
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (1, 2048, 2, 2) and model.num_features == 2048
-        assert model.forward_head(feats, pre_logits=True).shape == (1, 2048)
+        assert feats.shape == (1, 512, 2, 2) and model.num_features == 512
+        assert model.forward_head(feats, pre_logits=True).shape == (1, 512)
         torch.testing.assert_close(model.forward_head(feats), model(x))
         stages = model.forward_stages(x)
     assert list(stages) == ["conv2", "conv3", "conv4", "conv5"]
@@ -57,21 +78,22 @@ def test_interface() -> None:
     model.reset_classifier(3)
     assert model(x).shape == (1, 3)
     model.reset_classifier(0)
-    assert model(x).shape == (1, 2048)
+    assert model(x).shape == (1, 512)
 
 
 def test_cifar_template() -> None:
-    model = create_model("resnext29_8x64d")
+    model = full_width("resnext29_8x64d")
     assert model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)
     assert model.num_features == 1024 and model.fc.out_features == 10
-    stages = model.eval().forward_stages(torch.randn(1, 3, 32, 32))
-    assert [s.shape[-1] for s in stages.values()] == [32, 16, 8]  # maps of Appendix A
     assert model.layer2[0].conv2.groups == 8 and model.layer2[0].conv2.in_channels == 1024
+    with torch.no_grad():
+        stages = narrow("resnext29_8x64d").eval().forward_stages(torch.randn(1, 3, 32, 32))
+    assert [s.shape[-1] for s in stages.values()] == [32, 16, 8]  # maps of Appendix A
 
 
 def test_widths_follow_the_two_rules() -> None:
     """Width int(planes * d / 64) * C; every downsampling doubles it (section 3.1)."""
-    model = create_model("resnext101_32x8d")
+    model = full_width("resnext101_32x8d")
     widths = [getattr(model, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)]
     assert widths == [256, 512, 1024, 2048]
     assert all(b.conv2.groups == 32 for b in model.layer3)
@@ -125,9 +147,10 @@ def test_in_channels_option() -> None:
 
 
 def test_init_follows_he_fan_out() -> None:
-    model = create_model("resnext50_32x4d")
-    w = model.layer3[0].conv2.weight  # [512, 16, 3, 3], grouped: fan-out 9 * 512
-    assert abs(w.std().item() / (2 / (9 * 512)) ** 0.5 - 1) < 0.05
+    model = narrow("resnext50_32x4d", planes=32)
+    w = model.layer3[0].conv2.weight  # [256, 8, 3, 3], grouped: fan-out 9 * 256 (fan-in 9 * 8)
+    assert w.shape == (256, 8, 3, 3)
+    assert abs(w.std().item() / (2 / (9 * 256)) ** 0.5 - 1) < 0.05
     assert (model.layer1[0].bn3.weight == 1).all() and (model.bn1.bias == 0).all()
 
 
