@@ -25,7 +25,7 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         none = action.default is None or action.default is False or action.default == []
-        if none or action.default == argparse.SUPPRESS or "default" in text:
+        if none or action.default == argparse.SUPPRESS or "(default" in text:
             return text
         return super()._get_help_string(action) or text
 

@@ -56,8 +56,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", help="preset (cifar, imagenet, cpu, table4-cpu) or C=1 model; "
                    "needed for a new study (default: the one saved in --out)")  # fmt: skip
     p.add_argument("--cardinalities", help="comma-separated C values (default: the preset's)")
-    p.add_argument("--widths", help="'wider instead' arm: comma-separated d at C=1")
-    p.add_argument("--depths", help="'deeper instead' arm: comma-separated depths at C=1")
+    p.add_argument(
+        "--widths", help="'wider instead' arm: comma-separated d at C=1 (default: the preset's)"
+    )
+    p.add_argument(
+        "--depths",
+        help="'deeper instead' arm: comma-separated depths at C=1 (default: the preset's)",
+    )
     p.add_argument(
         "--seeds", type=int, help="runs per member, seeds 0..N-1 (default: the preset's)"
     )

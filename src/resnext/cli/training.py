@@ -8,7 +8,7 @@ from typing import get_args
 
 from resnext.cli.cluster import add_launcher_arguments, cluster_options
 from resnext.cli.common import DefaultsFormatter, UserError, log_to_stderr
-from resnext.training.config import BadImages, Dataset
+from resnext.training.config import RECIPES, BadImages, Dataset
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -92,9 +92,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, plot."""
     p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)",
                        formatter_class=DefaultsFormatter)  # fmt: skip
-    p.add_argument(
-        "--recipe", default="digits", help="named defaults: imagenet, cifar, digits, tiny"
-    )
+    p.add_argument("--recipe", default="digits", help=f"named defaults: {', '.join(RECIPES)}")
     add_data_arguments(p, "the recipe's")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--out", help="run directory (one holding a run needs --resume or --overwrite)")
