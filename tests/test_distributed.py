@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from resnext.files.checkpoint import load_checkpoint
+from resnext.files.model_file import read_model_file
 
 ARGS = ["train", "--recipe", "tiny", "--epochs", "1", "--deterministic",
         "--set", "train_limit=32", "--set", "val_limit=16"]  # fmt: skip
@@ -35,7 +35,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     single = _torchrun([], tmp_path / "single", "--set", "accum_steps=2")
     _finish(single)
     _finish(ddp)
-    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("single", "ddp"))
+    a, b = (read_model_file(tmp_path / d / "last.pt") for d in ("single", "ddp"))
     assert a["step"] == b["step"] == 2
     names = [n for n, p in a["model"].items() if p.dtype.is_floating_point and "running" not in n]
     for n in names:  # BN running statistics are per rank by design; parameters must agree
@@ -51,6 +51,6 @@ def test_two_nodes_on_localhost(tmp_path):
     nodes = [_torchrun(rdzv, tmp_path / "run") for _ in range(2)]
     for node in nodes:
         _finish(node)
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = read_model_file(tmp_path / "run" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["metrics"]["images_per_second"] > 0
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
