@@ -1,5 +1,5 @@
 """Every inference path of a checkpoint on real images: top-1, agreement with fp32, images/s,
-measured in the same run (issues 5 and 6).
+measured in the same run.
 
     python benchmarks/inference.py --checkpoint run/best.pt --data ../shared/data/cifar10-jpeg
 

@@ -22,8 +22,8 @@ def _meta_count(name: str, size: int = 224, **kw):
         ("resnext50_32x4d", 25_028_904, 4_230_480_872),
         ("resnet101", 44_549_160, 7_801_406_440),
         ("resnext101_32x4d", 44_177_704, 7_969_997_800),
-        ("resnext101_32x8d", 88_791_336, None),
-        ("resnext101_64x4d", 83_455_272, None),
+        ("resnext101_32x8d", 88_791_336, 16_414_016_488),
+        ("resnext101_64x4d", 83_455_272, 15_460_271_080),
     ],
 )
 def test_golden_complexity(name: str, params: int, macs: int | None) -> None:
