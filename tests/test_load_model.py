@@ -232,3 +232,19 @@ def test_model_files_respect_the_umask(tmp_path, mask):
         os.umask(old)
     assert (pt.stat().st_mode & 0o777) == 0o666 & ~mask
     assert (st.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("size", [32, 80])  # decoded in memory up to 64 px, else file by file
+def test_grey_model_evaluates_a_colour_folder_as_predict_reads_it(tmp_path, size):
+    model = randomize_bn(build_model(ModelSpec(**{**SPEC.to_dict(), "in_channels": 1})))
+    pre = Preprocessing(32, 32, "bilinear", (0.5,), (0.25,), 1)
+    payload = {"model": model.state_dict(), "spec": model.spec.to_dict(), "class_names": CLASSES,
+               "preprocessing": pre.to_dict()}  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "grey.pt", payload)
+    root = write_image_folder(tmp_path / "data", CLASSES, per_class=3, splits=["val"], size=size)
+    r = evaluation.evaluate_checkpoint(ckpt, "folder", str(root), batch_size=4, workers=0)
+    paths = sorted((root / "val").glob("*/*.jpg"))
+    results = list(resnext.inference.predict.predict_file(ckpt, paths, top_k=1))
+    wrong = sum(res["top"][0]["class"] != Path(res["path"]).parent.name for res in results)
+    assert r["images"] == len(paths) == 9
+    assert r["top1_error"] == pytest.approx(100 * wrong / 9)

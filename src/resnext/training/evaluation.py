@@ -46,7 +46,11 @@ def evaluate_checkpoint(
     model = load_model(path)
     pre = model.preprocessing.with_view(resize, crop)
     ctx = setup("auto")
-    val = load_dataset(dataset, data, split)
+    # A folder is read file by file, each decoded to the model's channels (a grey model
+    # evaluates colour images as grey, as predict reads them).
+    val = load_dataset(dataset, data, split, in_memory="no" if dataset == "folder" else "auto")
+    if val.images is None:
+        val.decode_channels = pre.channels
     _check_classes(model, val.classes, path, f"{dataset} {data!r}")
     if val.images is not None:
         if val.images.shape[1] != pre.channels:
@@ -56,8 +60,7 @@ def evaluate_checkpoint(
             )
         val.images, val.labels = val.images.to(ctx.device), val.labels.to(ctx.device)
     model = model.to(ctx.device)
-    view = (pre.resize, pre.crop, ten_crop, pre.interpolation)
-    batches = eval_batches(val, batch_size, view, pre.mean, pre.std, workers)
+    batches = eval_batches(val, batch_size, pre, ten_crop, workers)
     result = evaluate(model, batches)
     return {
         **result,
