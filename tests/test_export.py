@@ -134,3 +134,41 @@ def test_torch_archives_carry_the_metadata(tmp_path, capsys, fmt, suffix):
         torch.export.load(str(out), extra_files=extra)
     meta = json.loads(extra["resnext.json"])
     assert meta["preprocessing"]["crop"] == 32 and meta["spec"]["cardinality"] == 2
+
+
+def digits_checkpoint(tmp_path) -> str:
+    """The digits recipe's model: 8x8 grey input, crop 8."""
+    from resnext import create_model
+
+    model = randomize_bn(create_model("resnext11_4x16d", in_channels=1))
+    pre = {"resize": 8, "crop": 8, "mean": [0.5], "std": [0.25], "interpolation": "bilinear"}
+    payload = {"model": model.state_dict(), "spec": model.spec.to_dict(), "preprocessing": pre}
+    return str(save_checkpoint(tmp_path / "digits.pt", payload))
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("exported-program", ".pt2")])
+def test_small_grey_models_export_with_dynamic_height_and_width(tmp_path, capsys, fmt, suffix):
+    out = tmp_path / f"digits{suffix}"
+    assert export(tmp_path, capsys, digits_checkpoint(tmp_path), fmt, out) <= 1e-4
+    if fmt == "exported-program":  # runs at its own crop, not only at some larger minimum
+        assert torch.export.load(str(out)).module()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "fmt, name", [("onnx", "m.pt"), ("torchscript", "m.onnx"), ("exported-program", "m.pt")]
+)
+def test_export_refuses_a_suffix_of_another_format_before_writing(tmp_path, capsys, fmt, name):
+    ckpt = checkpoint(tmp_path, tiny("cifar", "c"), 32)
+    argv = ["export", "--checkpoint", ckpt, "--format", fmt, "--out", str(tmp_path / name)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resnext: error:" in err
+    assert not (tmp_path / name).exists()
+
+
+def test_negative_tolerance_is_refused_before_writing(tmp_path, capsys):
+    ckpt = checkpoint(tmp_path, tiny("cifar", "c"), 32)
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(out)]
+    assert main([*argv, "--tolerance", "-1"]) == 2
+    assert "--tolerance" in capsys.readouterr().err and not out.exists()

@@ -141,3 +141,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 141)
     assert first.startswith(b'{"path"') and err == "", err
+
+
+def test_safetensors_metadata_that_is_no_json_object_is_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "list.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"resnext": "[1, 2]"})
+    assert main(["predict", "--checkpoint", str(path), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an object" in err, err
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_a_device_is_not_a_regular_file(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", "/dev/null", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err, err

@@ -248,3 +248,25 @@ def test_mismatched_import_fails_in_one_line(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "o.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resnext: error:") and "shape mismatch" in err and err.count("\n") == 1
+
+
+def test_convert_names_a_timm_tag_without_weights_and_says_when_nothing_is_recorded(
+    tmp_path, capsys
+):
+    path = tmp_path / "timm.pth"
+    torch.save(tiny_timm().state_dict(), path)
+    argv = ["convert", "--from", "timm", str(path), "--out", str(tmp_path / "out.pt")]
+    assert main([*argv, "--source-name", "resnext50_32x4d.nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resnext50_32x4d.nope" in err
+    assert main([*argv, "--source-name", "no_such_timm_model"]) == 0
+    out = capsys.readouterr().out
+    assert "no preprocessing recorded" in out and "None" not in out
+
+
+def test_a_missing_key_lists_at_most_ten_of_the_files_keys():
+    obj = {f"entry{i:02d}": {"w": torch.zeros(1)} for i in range(30)}
+    with pytest.raises(WeightsError) as e:
+        unwrap_state_dict(obj, key="model")
+    assert "entry09" in str(e.value) and "entry10" not in str(e.value)
+    assert "20 more" in str(e.value)

@@ -45,19 +45,26 @@ def cmd_convert(args: argparse.Namespace) -> None:
         args.source, args.input, args.model, args.source_name, args.key, **overrides
     )
     save_model_file(args.out, payload)
-    pre = payload["preprocessing"] or {}
+    pre = payload["preprocessing"]
+    seen = (
+        f"preprocessing resize {pre.get('resize')} crop {pre.get('crop')} {pre.get('interpolation')}"
+        if pre
+        else "no preprocessing recorded"
+    )
     print(
         f"wrote {args.out}: {payload['model_name'] or 'custom spec'} "
         f"({payload['spec']['num_classes']} classes, form {payload['spec']['form']}), "
-        f"preprocessing resize {pre.get('resize')} crop {pre.get('crop')} "
-        f"{pre.get('interpolation')} (from {payload['source']['weights'] or args.source})"
+        f"{seen} (from {payload['source']['weights'] or args.source})"
     )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export a model file and check the result against eager PyTorch."""
-    from resnext.files.export import export_checkpoint
+    from resnext.files.export import check_suffix, export_checkpoint
 
+    if not args.tolerance >= 0:
+        raise UserError(f"--tolerance must not be negative, got {args.tolerance:g}")
+    check_suffix(args.format, args.out)
     dynamic, spatial = args.batch == "dynamic", args.spatial == "dynamic"
     diff = export_checkpoint(args.checkpoint, args.format, args.out, dynamic, spatial=spatial)
     shape = f"{args.batch} batch, {args.spatial} height/width"

@@ -40,13 +40,38 @@ def example_input(model: ResNeXt, size: int, batch: int, seed: int = 0) -> Tenso
     return torch.randn(batch, model.spec.in_channels, size, size, generator=g)
 
 
-def _dynamic_dims(batch: bool, spatial: bool) -> dict | None:
+SUFFIXES = {
+    "onnx": (".onnx",),
+    "torchscript": (".pt", ".ts"),
+    "exported-program": (".pt2",),
+    "safetensors": (".safetensors",),
+}
+
+
+def spatial_minimum(model: nn.Module) -> int:
+    """The smallest height and width a dynamic-shape export accepts: one more than the network's
+    total stride, so the last stage's map is at least 2 pixels (torch.export specialises a side
+    that could become 1, and refuses the range). 5 for a three-stage CIFAR net, 33 for ImageNet's."""
+    info = getattr(model, "feature_info", None)
+    return (info[-1]["reduction"] if info else 32) + 1
+
+
+def _dynamic_dims(batch: bool, spatial: bool, minimum: int = 33) -> dict | None:
     """torch.export's dynamic shapes for input "x": batch (dim 0), height and width (2, 3)."""
     dims = {0: torch.export.Dim("batch", min=1, max=4096)} if batch else {}
-    if spatial:  # the smallest side every stride of both stems still leaves a pixel for
-        dims |= {2: torch.export.Dim("height", min=32, max=4096)}
-        dims |= {3: torch.export.Dim("width", min=32, max=4096)}
+    if spatial:
+        dims |= {2: torch.export.Dim("height", min=minimum, max=4096)}
+        dims |= {3: torch.export.Dim("width", min=minimum, max=4096)}
     return {"x": dims} if dims else None
+
+
+def check_suffix(fmt: str, out: str | os.PathLike) -> None:
+    """Refuse an output name whose suffix is not the format's, before anything is written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    name = Path(out).name
+    if Path(out).suffix not in SUFFIXES[fmt]:
+        raise ValueError(f"{fmt} files end in {' or '.join(SUFFIXES[fmt])}, got {name}")
 
 
 def export_onnx(
@@ -69,7 +94,7 @@ def export_onnx(
         opset_version=ONNX_OPSET,
         input_names=["x"],
         output_names=["logits"],
-        dynamic_shapes=_dynamic_dims(dynamic, spatial),
+        dynamic_shapes=_dynamic_dims(dynamic, spatial, spatial_minimum(model)),
         external_data=False,
         verbose=False,
     )
@@ -111,13 +136,28 @@ def export_program(
     metadata: dict | None = None,
 ) -> None:
     """A torch.export ExportedProgram (.pt2), loadable with `torch.export.load`."""
-    dims = _dynamic_dims(dynamic, spatial)
+    dims = _dynamic_dims(dynamic, spatial, spatial_minimum(model))
     program = torch.export.export(model, (example,), dynamic_shapes=dims)
     torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(metadata or {})})
 
 
 def run_program(path: Path, x: Tensor) -> Tensor:
     return torch.export.load(str(path)).module()(x)
+
+
+def _write(model, fmt, out, example, dynamic, spatial, metadata):
+    """Write one format; return a callable that runs the reloaded file."""
+    if fmt == "onnx":
+        export_onnx(model, out, example, dynamic, spatial, metadata)
+        return functools.partial(run_onnx, out)
+    if fmt == "torchscript":
+        export_torchscript(model, out, metadata)
+        return functools.partial(run_torchscript, out)
+    if fmt == "exported-program":
+        export_program(model, out, example, dynamic, spatial, metadata)
+        return functools.partial(run_program, out)
+    save_safetensors(out, model.state_dict(), metadata)
+    return load_model(out) if metadata and "spec" in metadata else model
 
 
 @torch.no_grad()
@@ -141,33 +181,26 @@ def export_model(
         metadata: spec, class names, preprocessing (JSON-able), stored with the file.
         spatial: dynamic height and width (ONNX and exported programs), checked on a larger image.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    check_suffix(fmt, out)
     out = Path(out)
-    if fmt == "exported-program" and out.suffix != ".pt2":
-        raise ValueError(f"exported programs are .pt2 files (torch.export.load), got {out.name}")
-    if fmt == "safetensors" and out.suffix != ".safetensors":
-        raise ValueError(f"safetensors files end in .safetensors, got {out.name}")
     model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if spatial and fmt in ("onnx", "exported-program"):  # inside the range the export accepts
+        size = max(size, spatial_minimum(model))
     example = example_input(model, size, EXPORT_BATCH)
     batch = CHECK_BATCH if dynamic else EXPORT_BATCH
     checks = [example_input(model, size, batch, seed=1)]
     if spatial and fmt != "safetensors":
         checks.append(example_input(model, size + CHECK_GROWTH, batch, seed=2))
-    if fmt == "onnx":
-        export_onnx(model, out, example, dynamic, spatial, metadata)
-        run = functools.partial(run_onnx, out)
-    elif fmt == "torchscript":
-        export_torchscript(model, out, metadata)
-        run = functools.partial(run_torchscript, out)
-    elif fmt == "exported-program":
-        export_program(model, out, example, dynamic, spatial, metadata)
-        run = functools.partial(run_program, out)
-    else:
-        save_safetensors(out, model.state_dict(), metadata)
-        run = load_model(out) if metadata and "spec" in metadata else model
-    diff = max((run(x) - model(x)).abs().max().item() for x in checks)
+    try:
+        run = _write(model, fmt, out, example, dynamic, spatial, metadata)
+        diff = max((run(x) - model(x)).abs().max().item() for x in checks)
+    except (ValueError, ImportError):
+        raise
+    except Exception as e:  # torch's exporters raise many kinds; the user needs one line
+        log.debug("%s export failed", fmt, exc_info=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{fmt} export of {out.name} failed: {first}") from None
     log.info("%s: %s written, max abs diff to eager %.3g", out, fmt, diff)
     return diff
 

@@ -175,7 +175,11 @@ def timm_name_for_path(path: str) -> str | None:
 def timm_preprocessing(name: str) -> dict[str, Any] | None:
     """Preprocessing timm's pretrained_cfg documents for `name` (e.g. "resnext50_32x4d.a1h_in1k")."""
     timm = require("timm", "timm", "reading timm's documented preprocessing")
-    cfg = timm.get_pretrained_cfg(name)
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError) as e:  # e.g. a tag timm has no weights for
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"timm knows no pretrained config {name!r}: {why}") from None
     if cfg is None:
         return None
     crop = int(cfg.input_size[-1])

@@ -55,11 +55,18 @@ def resolve(source: str | os.PathLike) -> Path:
     if is_remote(source) and not Path(source).exists():
         return fetch(source)
     path = Path(source)
+    _check_regular(path)
+    return path
+
+
+def _check_regular(path: Path) -> None:
+    """A missing path, a folder and a device or pipe (/dev/null) each get their own line."""
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket)")
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist (no such model file)")
-    return path
 
 
 def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -70,8 +77,7 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
     naming the file and why for a missing, empty, truncated, foreign or unsafe file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist (no such model file)")
+    _check_regular(path)
     kind = _sniff(path)
     if kind == "safetensors":
         return _read_safetensors(path)
@@ -128,6 +134,9 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         extra = json.loads(meta[SAFETENSORS_META_KEY]) if SAFETENSORS_META_KEY in meta else {}
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: unreadable resnext metadata ({e})") from None
+    if not isinstance(extra, dict):
+        kind = type(extra).__name__
+        raise CheckpointError(f"{path}: resnext metadata is a JSON {kind}, not an object")
     return {**extra, "model": tensors}
 
 

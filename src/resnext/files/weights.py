@@ -88,7 +88,10 @@ def unwrap_state_dict(obj: Mapping[str, Any], key: str | None = None) -> StateDi
     """
     if key is not None:
         if key not in obj:
-            raise WeightsError(f"no entry {key!r} in the file; it has {sorted(obj)}")
+            raise WeightsError(
+                f"no entry {key!r} in the file; it has {sorted(map(str, obj))[:10]}"
+                + (f" (and {len(obj) - 10} more)" if len(obj) > 10 else "")
+            )
         obj = obj[key]
     while not _is_state_dict(obj):
         if not isinstance(obj, Mapping):
