@@ -5,13 +5,8 @@ import re
 
 import pytest
 
-from resnext.training.config import (
-    RECIPES,
-    config_from_dict,
-    parse_set,
-    resolve_config,
-    save_config,
-)
+from resnext.training.config import RECIPES, config_from_dict, resolve_config, save_config
+from resnext.training.fields import parse_set
 
 
 def test_imagenet_recipe_is_section_4():

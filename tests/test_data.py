@@ -14,6 +14,7 @@ from PIL import Image
 from resnext.cli import main
 from resnext.data.batches import eval_batches, eval_indices, train_indices
 from resnext.data.datasets import BadImageError, ImageSet, held_out_split, load_dataset
+from resnext.data.preprocessing import Preprocessing
 from resnext.data.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
 
 from conftest import digit_image, write_image_folder
@@ -175,9 +176,8 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
     with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
         for _ in range(2):
-            n = sum(
-                len(y) for _, y in eval_batches(files, 4, (32, 32, False), [0.5] * 3, [0.2] * 3)
-            )
+            pre = Preprocessing(32, 32, "bilinear", [0.5] * 3, [0.2] * 3)
+            n = sum(len(y) for _, y in eval_batches(files, 4, pre))
             assert n == 9
     assert files.bad == {str(p) for p in bad.values()} and len(caplog.records) == len(bad)
     # Listing meets the non-image suffix before any decoding.

@@ -37,7 +37,7 @@ def test_short_run_learns_and_fills_the_run_directory(tmp_path):
     assert keys | set(TIMING) <= set(rows[0])
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert result["val_top1_error"] < 50  # chance is 90% error on 10 classes
-    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt = read_model_file(run / "last.pt")
     assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["epoch"] == 3
     assert ckpt["preprocessing"] == {
         "resize": 8, "crop": 8, "mean": [0.305], "std": [0.376], "interpolation": "bilinear",
@@ -182,6 +182,22 @@ RUN = ["train", "--recipe", "tiny", "--epochs", "1", "--set", "train_limit=32",
 
 def _files(run: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+
+
+def test_eval_interpolation_is_validated_with_and_saved(tmp_path, monkeypatch, capsys):
+    seen = []
+    real = resnext.training.train.eval_batches
+
+    def spy(data, batch, pre, *args):
+        seen.append(pre.interpolation)
+        return real(data, batch, pre, *args)
+
+    monkeypatch.setattr(resnext.training.train, "eval_batches", spy)
+    out = tmp_path / "run"
+    assert main([*RUN, "--set", "eval_interpolation=bicubic", "--out", str(out)]) == 0
+    assert seen and set(seen) == {"bicubic"}
+    assert read_model_file(out / "last.pt")["preprocessing"]["interpolation"] == "bicubic"
+    assert resnext.load_model(out / "last.pt").preprocessing.interpolation == "bicubic"
 
 
 def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):

@@ -14,7 +14,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     from resnext.study.grid import grid, run_study, write_plan
     from resnext.study.plan import resolve_study
     from resnext.study.report import markdown, write_report
-    from resnext.training.config import parse_set
+    from resnext.training.fields import parse_set
 
     changes = {f: int_list(f, getattr(args, f)) for f in ("cardinalities", "widths", "depths")
                if getattr(args, f) is not None}  # fmt: skip

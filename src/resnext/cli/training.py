@@ -15,7 +15,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train a recipe; under `torchrun` the same command trains on many processes."""
     from pathlib import Path
 
-    from resnext.training.config import parse_set
+    from resnext.training.fields import parse_set
     from resnext.training.finetune import finetune_config
     from resnext.training.rundir import claim
     from resnext.training.train import resume_config, train

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import functools
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from resnext.data.images import decode_image
 from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
+from resnext.data.preprocessing import Preprocessing
 from resnext.data.transforms import (
     crop_flip,
     draw_crop_flip,
-    eval_batch,
     eval_image,
     normalize,
     train_transform,
@@ -193,25 +194,28 @@ def train_batches(
 def eval_batches(
     data: ImageSet,
     batch: int,
-    view: tuple[int, int, bool],
-    mean: Sequence[float],
-    std: Sequence[float],
+    pre: Preprocessing,
+    ten_crop: bool = False,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Normalised evaluation views `view = (resize, crop, ten_crop[, interpolation])` of this
-    rank's share (data/transforms.py's `eval_views`, the one evaluation geometry)."""
+    """This rank's share as `pre`'s normalised views (the ten crops with `ten_crop`): the one
+    evaluation transform that predict, export's check and torch.hub also use."""
     batches = eval_indices(len(data), batch, rank, world)
     if data.images is not None:
         for b in batches:
             b = b.to(data.images.device)
-            yield normalize(eval_batch(data.images[b], *view), mean, std), data.labels[b]
+            yield pre.views(data.images[b], ten_crop), data.labels[b]
         return
-    keys = ("resize", "crop", "ten_crop", "interpolation")
-    ds = PerImage(data, functools.partial(eval_image, **dict(zip(keys, view))))
+    view = functools.partial(eval_image, **_geometry(pre), ten_crop=ten_crop)
+    ds = PerImage(data, view)
     for x, y in loader(ds, batches, workers, torch.cuda.is_available()):
-        yield normalize(x.to(_device(), non_blocking=True), mean, std), y
+        yield normalize(x.to(_device(), non_blocking=True), pre.mean, pre.std), y
+
+
+def _geometry(pre: Preprocessing) -> dict[str, Any]:
+    return {"resize": pre.resize, "crop": pre.crop, "interpolation": pre.interpolation}
 
 
 def _device() -> torch.device:

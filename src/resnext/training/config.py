@@ -19,7 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Interpolation, Preprocessing
+from resnext.models.blocks import Form
 from resnext.precision import Precision
 from resnext.training.fields import check_value, parse_value
 
@@ -78,13 +79,14 @@ class TrainConfig:
     lighting: float = 0.0
     eval_resize: int = 8
     eval_crop: int = 8
+    eval_interpolation: Interpolation = "bilinear"
     mean: tuple[float, ...] = (0.305,)
     std: tuple[float, ...] = (0.376,)
     train_limit: int = 0
     val_limit: int = 0
     workers: int = 2
     # Model options a name does not fix.
-    form: Literal["a", "b", "c"] = "c"
+    form: Form = "c"
     zero_init_residual: bool = False
     sync_bn: bool = False
     # Fine-tuning (training/finetune.py): weights to start from (a file, URL, "torchvision",
@@ -134,6 +136,11 @@ class TrainConfig:
         if self.data:  # relative to where the run started, not to where it resumes
             object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
 
+    def preprocessing(self) -> Preprocessing:
+        """The run's evaluation preprocessing: what validation uses and every checkpoint saves."""
+        c = self.eval_resize, self.eval_crop, self.eval_interpolation, self.mean, self.std
+        return Preprocessing(*c, len(self.mean))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `config_from_dict` reads it back."""
         return {
@@ -180,17 +187,6 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
             raise ValueError(f"unknown config key {key!r}{hint}")
         changes[key] = parse_value(key, value, hints[key]) if isinstance(value, str) else value
     return dataclasses.replace(config, **changes)
-
-
-def parse_set(items: list[str]) -> dict[str, str]:
-    """`["a=1", "b=x"]` -> `{"a": "1", "b": "x"}`."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

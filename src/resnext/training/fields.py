@@ -28,6 +28,17 @@ def parse_value(name: str, text: str, tp: Any) -> Any:
     return text
 
 
+def parse_set(items: list[str]) -> dict[str, str]:
+    """`["a=1", "b=x"]` -> `{"a": "1", "b": "x"}`."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def check_value(name: str, value: Any, tp: Any) -> Any:
     """Validate `value` against the annotation; ints are accepted where floats are expected."""
     if get_origin(tp) is Literal:

@@ -29,7 +29,7 @@ from resnext.training.config import TrainConfig, resolve_config
 log = logging.getLogger(__name__)
 
 # Config fields the weights' preprocessing sets unless the command line gives them.
-_FROM_WEIGHTS = ("mean", "std", "eval_resize", "eval_crop")
+_FROM_WEIGHTS = ("mean", "std", "eval_resize", "eval_crop", "eval_interpolation")
 
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
@@ -62,6 +62,7 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     if pre is None:
         return cfg
     values = {"mean": pre.mean, "std": pre.std, "eval_resize": pre.resize, "eval_crop": pre.crop}
+    values["eval_interpolation"] = pre.interpolation
     fill = {k: values[k] for k in _FROM_WEIGHTS if k not in overrides}
     if fill:
         log.info("preprocessing of %s: %s", cfg.init, fill)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.data.preprocessing import Preprocessing
 from resnext.files.checkpoint import CheckpointError, save_checkpoint
 from resnext.training.config import TrainConfig
 from resnext.training.distributed import Context
@@ -68,9 +67,7 @@ def weights_and_meta(model: nn.Module, spec: Any, cfg: TrainConfig, classes: lis
         "spec": spec.to_dict(),
         "model_name": cfg.model,
         "class_names": list(classes),
-        "preprocessing": Preprocessing(
-            cfg.eval_resize, cfg.eval_crop, "bilinear", cfg.mean, cfg.std, len(cfg.mean)
-        ).to_dict(),
+        "preprocessing": cfg.preprocessing().to_dict(),
         "config": cfg.to_dict(),
     }
 

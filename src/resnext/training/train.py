@@ -265,13 +265,11 @@ def _validate(t: Trainee, val_set: ImageSet, cfg: TrainConfig, ctx: Context) -> 
     """Validation error of the weights (and of their EMA), with rank 0's BN statistics."""
     broadcast_buffers(t.raw)
     batch = max(1, cfg.batch_size // ctx.world)
-    view = (cfg.eval_resize, cfg.eval_crop, False)
+    pre = cfg.preprocessing()
     out = {}
     for prefix, model in (("val", t.raw), ("val_ema", t.ema.module if t.ema else None)):
         if model is not None:
-            batches = eval_batches(
-                val_set, batch, view, cfg.mean, cfg.std, cfg.workers, ctx.rank, ctx.world
-            )
+            batches = eval_batches(val_set, batch, pre, False, cfg.workers, ctx.rank, ctx.world)
             with contextlib.closing(batches):
                 m = evaluate(model, batches, cfg.precision, cfg.channels_last)
             out |= {f"{prefix}_loss": m["loss"], f"{prefix}_top1_error": m["top1_error"]}
