@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import get_args
 
 from resnext.cli.common import UserError, log_to_stderr
 
@@ -96,9 +97,14 @@ MODEL_FILE_HELP = "last.pt/best.pt, .safetensors, or a torchvision/timm/pycls we
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """evaluate, convert, export, predict."""
+    from resnext.files.convert import SOURCES
+    from resnext.files.export import FORMATS
+    from resnext.models.blocks import Form
+    from resnext.training.config import Dataset
+
     p = sub.add_parser("evaluate", help="top-1 / top-5 error of a model file")
     p.add_argument("--checkpoint", required=True, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
-    p.add_argument("--dataset", required=True, choices=["folder", "cifar10", "cifar100", "digits"])
+    p.add_argument("--dataset", required=True, choices=get_args(Dataset))
     p.add_argument("--data", default="", help="dataset path")
     p.add_argument("--split", choices=["val", "test"],
                    help="held-out split (default: a folder's val/ if present, else test/)")  # fmt: skip
@@ -113,20 +119,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
     p.add_argument("input", metavar="IN", help=".pt/.pth/.safetensors file")
     p.add_argument("--from", dest="source", required=True,
-                   choices=("torchvision", "timm", "pycls", "resnext"))  # fmt: skip
+                   choices=SOURCES)  # fmt: skip
     p.add_argument("--out", required=True, help=".pt checkpoint or .safetensors")
     p.add_argument("--model", default=None, help="registered name (default: from the shapes)")
     p.add_argument("--source-name", default=None,
                    help="the source's model name for its preprocessing, e.g. timm's "
                    "resnext50_32x4d.a1h_in1k")  # fmt: skip
     p.add_argument("--key", default=None, help="wrapper entry holding the weights (model_ema)")
-    p.add_argument("--form", choices=("a", "b", "c"), default=None, help="block form to store")
+    p.add_argument("--form", choices=get_args(Form), default=None, help="block form to store")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="ONNX / TorchScript / ExportedProgram / safetensors")
     p.add_argument("--checkpoint", required=True, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     p.add_argument("--format", required=True,
-                   choices=("onnx", "torchscript", "exported-program", "safetensors"))  # fmt: skip
+                   choices=FORMATS)  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--batch", choices=("dynamic", "static"), default="dynamic")
     p.add_argument("--spatial", choices=("dynamic", "static"), default="dynamic",

@@ -90,7 +90,7 @@ def add_data_arguments(p: argparse.ArgumentParser, defaults: str) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, plot."""
-    p = sub.add_parser("train", help="train with a recipe (imagenet, cifar, digits, tiny)",
+    p = sub.add_parser("train", help=f"train with a recipe ({', '.join(RECIPES)})",
                        formatter_class=DefaultsFormatter)  # fmt: skip
     p.add_argument("--recipe", default="digits", help=f"named defaults: {', '.join(RECIPES)}")
     add_data_arguments(p, "the recipe's")

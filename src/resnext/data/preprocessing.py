@@ -15,6 +15,7 @@ from torch import Tensor
 
 from resnext.data.images import image_tensor
 from resnext.data.transforms import eval_views, normalize
+from resnext.models.zoo import ModelSpec, default_input_size
 
 # The ImageNet RGB statistics every ImageNet recipe and import uses (torchvision, timm, pycls).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,12 +111,14 @@ class EvalTransform:
         return self.pre.views(x)
 
 
-def default_preprocessing(template: str, channels: int) -> Preprocessing:
-    """What a model file without a record gets: ImageNet's 256/224 for the ImageNet stem,
-    32/32 for the CIFAR stem, ImageNet statistics (grey models: their mean)."""
-    size = (256, 224) if template == "imagenet" else (32, 32)
-    mean, std = _stats(channels)
-    return Preprocessing(*size, "bilinear", mean, std, channels)
+def default_preprocessing(spec: ModelSpec) -> Preprocessing:
+    """What a model file without a record gets: the template's input size (zoo's
+    `default_input_size`), resized first by ImageNet's 0.875 crop ratio (256 for 224) unless
+    CIFAR-sized, and ImageNet statistics (grey models: their mean)."""
+    crop = default_input_size(spec)
+    resize = crop if spec.template == "cifar" else crop * 8 // 7
+    mean, std = _stats(spec.in_channels)
+    return Preprocessing(resize, crop, "bilinear", mean, std, spec.in_channels)
 
 
 def _stats(channels: int) -> tuple[Sequence[float], Sequence[float]]:

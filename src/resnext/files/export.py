@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from resnext.models.model import ResNeXt
 log = logging.getLogger(__name__)
 
 Format = Literal["onnx", "torchscript", "exported-program", "safetensors"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program", "safetensors")
+FORMATS: tuple[str, ...] = get_args(Format)
 ONNX_OPSET = 18  # >= 17; 18 is what torch's dynamo exporter targets natively
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # export with one batch size, verify with another
 CHECK_GROWTH = 32  # verify dynamic height and width on an image this much larger

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnext.extras import require
+from resnext.files.sources import _torchvision_model
 from resnext.models.forms import convert_state_dict
 from resnext.models.zoo import ModelSpec, get_spec, list_models
 
@@ -133,11 +134,8 @@ def torchvision_preprocessing(name: str, filename: str | None = None) -> dict[st
     The weight enum whose download URL ends in `filename` is used (V1 and V2 weights differ in
     resize); without a match, torchvision's DEFAULT weights.
     """
-    import torchvision
-
-    try:
-        enum = torchvision.models.get_model_weights(name)
-    except (ValueError, KeyError):
+    enum = _torchvision_model(name)
+    if enum is None:
         return None
     chosen = next((w for w in enum if filename and w.url.endswith("/" + filename)), enum.DEFAULT)
     t = chosen.transforms()
@@ -154,14 +152,8 @@ def torchvision_preprocessing(name: str, filename: str | None = None) -> dict[st
 def torchvision_name_for_file(filename: str) -> str | None:
     """The torchvision model whose published weights are named `filename`, e.g.
     "resnet18-f37072fd.pth" -> "resnet18" (the hash tells V1 and V2 weights apart)."""
-    import torchvision
-
     for name in list_models():
-        try:
-            enum = torchvision.models.get_model_weights(name)
-        except (ValueError, KeyError):
-            continue
-        if any(w.url.endswith("/" + filename) for w in enum):
+        if any(w.url.endswith("/" + filename) for w in _torchvision_model(name) or ()):
             return name
     return None
 

@@ -64,7 +64,7 @@ def _preprocessing(payload: dict[str, Any], path: os.PathLike, model: ResNeXt) -
     spec = model.spec
     pre = payload.get("preprocessing")
     if not pre:
-        default = default_preprocessing(spec.template, spec.in_channels)
+        default = default_preprocessing(spec)
         log.warning(
             "%s records no preprocessing; using resize %d, crop %d, %s, ImageNet mean/std",
             path, default.resize, default.crop, default.interpolation,
