@@ -22,6 +22,7 @@ from resnext.allocator import tune_allocator
 from resnext.models.design import design_width
 from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec
+from resnext.training.engine import autocast
 
 
 def step_rate(spec: ModelSpec, batch: int, precision: str, layout: str, iters: int) -> float:
@@ -36,7 +37,7 @@ def step_rate(spec: ModelSpec, batch: int, precision: str, layout: str, iters: i
     times = []
     for i in range(iters + 2):
         began = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(torch.device("cpu"), precision):  # DTYPES[precision], off for fp32
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()

@@ -171,6 +171,18 @@ def test_bench_row_runs(mode: str) -> None:
     assert "| resnet18 |" in markdown([row])
 
 
+def test_fp16_training_row_on_the_cpu_scales_without_a_cuda_warning() -> None:
+    import warnings
+
+    cfg = BenchConfig("resnet18", "train", batch_size=2, input_size=16, warmup=1, iters=1,
+                      precision="fp16", device="cpu")  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = run_row(cfg)
+    assert row["images_per_s"] > 0
+    assert not [w for w in caught if "cuda" in str(w.message).lower()]
+
+
 def test_bench_row_with_merged_groups(monkeypatch) -> None:
     import resnext.inference.bench
 

@@ -26,6 +26,7 @@ from resnext.models.merged import merge_small_groups
 from resnext.models.model import ResNeXt, create_model
 from resnext.models.zoo import default_input_size
 from resnext.precision import DTYPES as _DTYPES
+from resnext.training.engine import autocast
 
 Mode = Literal["infer", "train"]
 
@@ -137,17 +138,17 @@ def _step_fn(model: nn.Module, cfg: BenchConfig, x: Tensor, ours: bool) -> Calla
                 model(x)
 
         return infer
-    dtype = _DTYPES[cfg.precision] if ours else torch.float32
+    precision = cfg.precision if ours else "fp32"
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     y = torch.randint(0, 10, (x.shape[0],), device=x.device)  # any valid class ids
-    scaler = torch.amp.GradScaler(enabled=ours and cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
     if ours and cfg.layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if (ours and cfg.compile) else model
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(x.device, precision):
             loss = nn.functional.cross_entropy(forward(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
