@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from resnext.cli import main
+from resnext.files.model_file import read_model_file
 from resnext.training.config import resolve_config
 from resnext.training.train import train
 
@@ -105,7 +105,7 @@ def test_the_checkpoint_hook_continues_the_run_with_resume_auto(tmp_path, monkey
     assert result["status"] == "done" and result["metrics"]["epoch"] == 2
     rows = _epochs(tmp_path / "run")
     assert [r["epoch"] for r in rows] == [1, 2]
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ckpt = read_model_file(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == 4  # 2 + 2 steps: continued, not trained again
 
 
