@@ -92,7 +92,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UserError("no image could be read")
 
 
-MODEL_FILE_HELP = "last.pt/best.pt, .safetensors, or a torchvision/timm/pycls weights file"
+MODEL_FILE_HELP = (
+    "last.pt/best.pt, .safetensors, a torchvision/timm/pycls weights file, an http(s):// or "
+    "file:// URL, torchvision:MODEL[.TAG] or timm:NAME.TAG"
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
