@@ -105,7 +105,7 @@ def test_bad_fine_tuning_options_exit_2_and_write_nothing(tmp_path, source, caps
 
 def test_init_from_another_architecture_names_the_keys(tmp_path, capsys):
     path, _ = _source(tmp_path / "other.pt", name="resnext11_8x16d")
-    assert _train(tmp_path, "--init", str(path)) == 2
+    assert _train(tmp_path, "--init", str(path), "--model", "resnext11_4x16d") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a resnext11_8x16d model, not resnext11_4x16d" in err
     assert "shape mismatch (layer1.0.conv1.weight: file [128, 64, 1, 1] vs model [64, 64" in err
@@ -145,3 +145,12 @@ def test_frozen_bn_stays_in_eval_mode_while_the_rest_trains():
     assert (
         model.layer1[0].conv1.weight.grad is None and model.layer2[0].conv1.weight.grad is not None
     )
+
+
+def test_without_model_the_run_trains_the_weights_architecture(tmp_path):
+    path, want = _source(tmp_path / "other.pt", name="resnext11_8x16d")
+    assert _train(tmp_path, "--init", str(path)) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "resnext11_8x16d"
+    got = read_model_file(tmp_path / "run" / "last.pt")["model"]
+    assert got["layer1.0.conv1.weight"].shape == want["layer1.0.conv1.weight"].shape

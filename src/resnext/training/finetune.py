@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from resnext.files.interop import registered_name
 from resnext.files.pretrained import check_fits, read_pretrained, transfer
 from resnext.models.model import ResNeXt
-from resnext.models.zoo import get_spec
+from resnext.models.zoo import ModelSpec, get_spec, model_name
 from resnext.training.config import TrainConfig, resolve_config
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,12 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
 def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     """`resolve_config`, checked for fine-tuning before anything is written: `init` must be
     readable and fit the model, `freeze_stages` must be in range; the weights' mean/std and
-    eval sizes fill in what `overrides` does not set."""
+    eval sizes fill in what `overrides` does not set, and without `--model` the run trains the
+    architecture the weights are for (the recipe's model only names short sources' weights)."""
+    if overrides.get("init") and "model" not in overrides:
+        base = resolve_config(recipe, overrides)
+        src = read_pretrained(base.init, base.model, base.form)
+        overrides = {**overrides, "model": architecture_name(src.spec)}
     cfg = resolve_config(recipe, overrides)
     stages = len(get_spec(cfg.model).depths)
     check_freeze(cfg.freeze_stages, stages, cfg.model)
@@ -67,6 +73,14 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     if fill:
         log.info("preprocessing of %s: %s", cfg.init, fill)
     return resolve_config(recipe, {**overrides, **fill})
+
+
+def architecture_name(spec: ModelSpec) -> str:
+    """The name `get_spec` rebuilds this architecture from: registered, else parsed."""
+    name = registered_name(spec)
+    if name is not None and get_spec(name).base_planes == spec.base_planes:
+        return name
+    return model_name(spec)
 
 
 def init_weights(model: ResNeXt, cfg: TrainConfig, class_names: Sequence[str]) -> list[str]:
