@@ -22,7 +22,7 @@ from resnext.allocator import tune_allocator
 from resnext.models.design import design_width
 from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec
-from resnext.training.engine import autocast
+from resnext.precision import autocast
 
 
 def step_rate(spec: ModelSpec, batch: int, precision: str, layout: str, iters: int) -> float:

@@ -176,3 +176,14 @@ def test_cpu_preset_resolves_for_the_jpeg_folder():
     assert (DATA / "cifar10-jpeg" / "train").is_dir()
     cfg = run_config(PRESETS["cpu"], {"dataset": "folder", "data": str(DATA / "cifar10-jpeg")})
     assert (cfg.channels_last, cfg.precision, cfg.train_size) == (True, "fp32", 32)
+
+
+def test_a_line_torn_by_a_kill_does_not_break_resume_or_report(tmp_path):
+    """A kill mid-write leaves half a metrics line; the study still sees the finished epochs."""
+    from resnext.study.grid import finished
+    from resnext.training.plot import read_metrics
+
+    lines = [json.dumps({"epoch": e, "val_top1_error": 50.0 - e}) for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 3, "val_to')
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert finished(tmp_path, 2) and not finished(tmp_path, 3)

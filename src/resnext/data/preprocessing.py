@@ -14,7 +14,6 @@ from typing import Any, Literal, get_args
 from torch import Tensor
 
 from resnext.data.images import image_tensor
-from resnext.data.transforms import eval_views, normalize
 from resnext.models.zoo import ModelSpec, default_input_size
 
 # The ImageNet RGB statistics every ImageNet recipe and import uses (torchvision, timm, pycls).
@@ -92,6 +91,10 @@ class Preprocessing:
         """
         if x.shape[-3] != self.channels:
             raise ValueError(f"images have {x.shape[-3]} channels; the model takes {self.channels}")
+        # Imported here: torchvision's transforms cost ~2 s of start-up to every `resnext`
+        # command, and most never build a view.
+        from resnext.data.transforms import eval_views, normalize
+
         v = eval_views(x, self.resize, self.crop, ten_crop, self.interpolation)
         return normalize(v, self.mean, self.std)
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.loader import load_model, model_metadata
 from resnext.files.model_file import save_safetensors
@@ -199,8 +200,7 @@ def export_model(
         raise
     except Exception as e:  # torch's exporters raise many kinds; the user needs one line
         log.debug("%s export failed", fmt, exc_info=True)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{fmt} export of {out.name} failed: {first}") from None
+        raise ValueError(f"{fmt} export of {out.name} failed: {one_line(e)}") from None
     log.info("%s: %s written, max abs diff to eager %.3g", out, fmt, diff)
     return diff
 

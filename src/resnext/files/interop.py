@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.sources import _torchvision_model
 from resnext.models.forms import convert_state_dict
@@ -170,8 +171,7 @@ def timm_preprocessing(name: str) -> dict[str, Any] | None:
     try:
         cfg = timm.get_pretrained_cfg(name)
     except (RuntimeError, ValueError, KeyError) as e:  # e.g. a tag timm has no weights for
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"timm knows no pretrained config {name!r}: {why}") from None
+        raise ValueError(f"timm knows no pretrained config {name!r}: {one_line(e)}") from None
     if cfg is None:
         return None
     crop = int(cfg.input_size[-1])

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from resnext.files.weights import WeightsError, compare_state_dicts
+from resnext.files.weights import WeightsError, compare_state_dicts, infer_num_classes
 from resnext.models.model import ResNeXt
 from resnext.models.zoo import get_spec, model_name
 
@@ -71,7 +71,7 @@ def transfer(
     model.load_state_dict(new, strict=True)
     if reinit:
         why = (
-            f"{_outputs(state)} classes in the file, {model.num_classes} here"
+            f"{infer_num_classes(state) or 0} classes in the file, {model.num_classes} here"
             if not fits
             else "the file's classes are others"
         )
@@ -99,11 +99,6 @@ def check_fits(src: ResNeXt, model: ResNeXt, where: str = "") -> None:
     if not report.ok or differ:
         what = report.summary(limit=3) if not report.ok else ", ".join(differ)
         raise WeightsError(f"{where} holds a {_name(src)} model, not {_name(model)}: {what}")
-
-
-def _outputs(state: dict) -> int:
-    fc = state.get("fc.weight")
-    return int(fc.shape[0]) if fc is not None else 0
 
 
 def _name(model: ResNeXt) -> str:

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from resnext.inference.backends import optimize_for_inference
@@ -26,7 +25,7 @@ from resnext.models.merged import merge_small_groups
 from resnext.models.model import ResNeXt, create_model
 from resnext.models.zoo import default_input_size
 from resnext.precision import DTYPES as _DTYPES
-from resnext.training.engine import autocast
+from resnext.precision import autocast
 
 Mode = Literal["infer", "train"]
 
@@ -52,6 +51,8 @@ class BenchConfig:
 
 def torchvision_reference(model: ResNeXt) -> nn.Module | None:
     """torchvision's ResNet with the same architecture and weights (ImageNet template, shortcut B)."""
+    import torchvision  # here, not at import: `resnext --help` should not pay for it
+
     spec = model.spec
     if spec.template != "imagenet" or spec.shortcut != "B" or spec.form != "c" or not spec.residual:
         return None

@@ -24,6 +24,7 @@ from resnext.models.complexity import Complexity, meta_complexity
 from resnext.models.design import design_width
 from resnext.models.zoo import ModelSpec, get_spec, model_name
 from resnext.training.config import RECIPES, TrainConfig, resolve_config
+from resnext.training.plot import read_metrics
 
 log = logging.getLogger("resnext.study.grid")
 
@@ -208,17 +209,20 @@ def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig
     return cfg
 
 
+def run_name(arm: str, label: str, seed: int) -> str:
+    """A run's directory name inside the study directory, e.g. cardinality-4x24d-seed0."""
+    return f"{arm}-{label.replace(' ', '')}-seed{seed}"
+
+
 def run_dir(out: Path, member: Member, seed: int) -> Path:
-    return out / f"{member.arm}-{member.label.replace(' ', '')}-seed{seed}"
+    return out / run_name(member.arm, member.label, seed)
 
 
 def finished(path: Path, epochs: int) -> bool:
     """A run is finished when metrics.jsonl holds its last epoch."""
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
+    if not (path / "metrics.jsonl").is_file():
         return False
-    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    return any(r["epoch"] >= epochs for r in lines)
+    return any(r["epoch"] >= epochs for r in read_metrics(path))
 
 
 def write_plan(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from resnext.study.grid import WALL_FILE, run_name
 from resnext.training.plot import read_metrics
 
 WITHIN_SECONDS = 30 * 60  # "best accuracy within 30 minutes of training"
@@ -26,7 +27,7 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
 def run_summary(path: Path, epochs: int) -> dict[str, Any]:
     """What one run directory measured (empty metrics if it has not finished an epoch)."""
     rows = read_metrics(path) if (path / "metrics.jsonl").is_file() else []
-    wall = path / "wall.json"
+    wall = path / WALL_FILE
     attempts = json.loads(wall.read_text())["attempts"] if wall.is_file() else []
     trained, within = 0.0, None
     for r in rows:
@@ -56,8 +57,7 @@ def collect(out: Path) -> dict[str, Any]:
     epochs, seeds = plan["config"]["epochs"], plan["study"]["seeds"]
     rows = []
     for g in plan["grid"]:
-        name = f"{g['arm']}-{g['label'].replace(' ', '')}"
-        runs = [run_summary(out / f"{name}-seed{s}", epochs) for s in range(seeds)]
+        runs = [run_summary(out / run_name(g["arm"], g["label"], s), epochs) for s in range(seeds)]
         done = [r for r in runs if r["finished"]]
         rows.append({
             **g,

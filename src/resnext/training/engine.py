@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from resnext.data.batches import step_generator
 from resnext.data.transforms import mix
-from resnext.precision import DTYPES as _DTYPES
+from resnext.precision import autocast
 from resnext.training.config import TrainConfig
 from resnext.training.distributed import all_sum, any_rank
 from resnext.training.optim import EMA, lr_at, set_lr
@@ -39,11 +39,6 @@ class Trainee:
 
 class NonFiniteLoss(RuntimeError):
     """A step's loss was NaN or infinite and cfg.skip_nonfinite is off."""
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision where asked: the single autocast of the engine (fp32 disables it)."""
-    return torch.autocast(device.type, _DTYPES[precision], enabled=precision != "fp32")
 
 
 def to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:

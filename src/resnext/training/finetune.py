@@ -46,16 +46,15 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     readable and fit the model, `freeze_stages` must be in range; the weights' mean/std and
     eval sizes fill in what `overrides` does not set, and without `--model` the run trains the
     architecture the weights are for (the recipe's model only names short sources' weights)."""
-    if overrides.get("init") and "model" not in overrides:
-        base = resolve_config(recipe, overrides)
-        src = read_pretrained(base.init, base.model, base.form)
-        overrides = {**overrides, "model": architecture_name(src.spec)}
     cfg = resolve_config(recipe, overrides)
+    src = read_pretrained(cfg.init, cfg.model, cfg.form) if cfg.init else None
+    if src is not None and "model" not in overrides:
+        overrides = {**overrides, "model": architecture_name(src.spec)}
+        cfg = resolve_config(recipe, overrides)
     stages = len(get_spec(cfg.model).depths)
     check_freeze(cfg.freeze_stages, stages, cfg.model)
-    if not cfg.init:
+    if src is None:
         return cfg
-    src = read_pretrained(cfg.init, cfg.model, cfg.form)
     spec = get_spec(
         cfg.model, num_classes=src.spec.num_classes, in_channels=src.spec.in_channels,
         form=cfg.form,

@@ -10,11 +10,20 @@ PLOT_NAME = "errors.png"
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The per-epoch lines of a run's metrics.jsonl."""
+    """The per-epoch lines of a run's metrics.jsonl; a line torn by a kill mid-write is skipped
+    (the next start drops it too, see training/rundir.keep_metrics)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no metrics.jsonl)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
 
 
 def plot_run(run_dir: str | os.PathLike) -> Path:
