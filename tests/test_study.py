@@ -72,6 +72,29 @@ def test_table4_preset_doubles_the_complexity_three_ways():
     assert abs(rows["8x12d"] - base) / base < 0.10 and study.seeds >= 3
 
 
+def test_the_grid_names_its_base_and_each_members_cost_over_it():
+    study = PRESETS["table4-cpu"]
+    rows = grid(study, run_config(study, {}))
+    assert [r["label"] for r in rows if r["base"]] == ["1x64d"]
+    base = next(r["macs"] for r in rows if r["base"])
+    for r in rows:
+        assert r["macs_ratio"] == pytest.approx(r["macs"] / base)
+    assert {r["label"]: round(r["macs_ratio"], 2) for r in rows}["2x64d"] > 1.5
+
+
+def test_differences_from_the_base_come_with_their_seed_noise():
+    from resnext.study.report import versus_base
+
+    base = {"mean": 30.0, "std": 0.3, "n": 3}
+    v = versus_base({"mean": 29.0, "std": 0.4, "n": 3}, base)
+    se = ((0.3**2 + 0.4**2) / 3) ** 0.5
+    assert v["delta"] == pytest.approx(-1.0) and v["se"] == pytest.approx(se)
+    assert v["z"] == pytest.approx(-1.0 / se)
+    one_seed = versus_base({"mean": 31.0, "std": None, "n": 1}, base)
+    assert one_seed == {"delta": pytest.approx(1.0), "se": None, "z": None}
+    assert versus_base({"mean": None, "std": None, "n": 0}, base)["delta"] is None
+
+
 def test_arms_cover_width_and_depth():
     study = StudyConfig("resnext29_1x64d", (1, 2), "cifar", widths=(96,), depths=(38,))
     arms = [(m.arm, m.label, m.spec.depths) for m in members(study)]
@@ -102,6 +125,7 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| cardinality | resnext11_2x40d_p16 | 2 | 40 | 20 |" in printed  # grid before training
+    assert "| x base |" in printed and "| 1.00 |" in printed
     for name in ("results.md", "results.json", "study.png"):
         assert (tmp_path / name).stat().st_size > 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -109,6 +133,10 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
     assert all(m["seeds_finished"] == 1 for m in results["members"])
     assert results["unfinished"] == []
     assert 0 <= results["members"][1]["final_error"]["mean"] <= 100
+    assert results["base"] == "1x64d" and results["members"][0]["vs_base"]["delta"] == 0
+    delta = results["members"][1]["vs_base"]["delta"]
+    errors = [m["final_error"]["mean"] for m in results["members"]]
+    assert delta == pytest.approx(errors[1] - errors[0])
     checkpoint = tmp_path / "cardinality-2x40d-seed0" / "last.pt"
     before = checkpoint.stat().st_mtime_ns
 

@@ -30,12 +30,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     if not args.report_only:
         print(f"study {args.template or study.template}: {study.seeds} seed(s), recipe "
               f"{study.recipe}, {cfg.epochs} epochs, {cfg.dataset} {cfg.data}".rstrip())  # fmt: skip
-        print("| arm | model | C | d | group width | depth | params | MACs (M) |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| arm | model | C | d | group width | depth | params | MACs (M) | x base |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in grid(study, cfg):
             print(f"| {r['arm']} | {r['model']} | {r['cardinality']} | {r['d']} "
                   f"| {r['group_width']} | {r['depth']} | {r['params']:,} "
-                  f"| {r['macs'] / 1e6:.1f} |", flush=True)  # fmt: skip
+                  f"| {r['macs'] / 1e6:.1f} | {r['macs_ratio']:.2f} |", flush=True)  # fmt: skip
         if launch is None:
             run_study(study, cfg, args.out)
         else:

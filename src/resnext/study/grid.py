@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from resnext.data.datasets import decode_once
 from resnext.models.blocks import bottleneck_width
-from resnext.models.complexity import Complexity, meta_complexity
+from resnext.models.complexity import meta_complexity
 from resnext.models.design import design_width
 from resnext.models.zoo import ModelSpec, get_spec, model_name
 from resnext.training.config import RECIPES, TrainConfig, resolve_config
@@ -92,7 +92,7 @@ PRESETS: dict[str, StudyConfig] = {
     "cpu": StudyConfig("resnext11_1x64d_p16", (1, 2, 4, 8), "cifar", 2, overrides=_CPU_RECIPE),
     # Table 4 at CPU scale: the cpu preset's C = 1 member at 1x, and three ways to ~1.7x its
     # MACs (within 4% of each other): deeper (ResNeXt-20, two blocks a stage), wider (1x100d) and
-    # more cardinality at d = 64 (2x64d); the 1x-complexity C = 8 member (8x14d) as a reference.
+    # more cardinality at d = 64 (2x64d); the 1x-complexity C = 8 member (8x12d) as a reference.
     "table4-cpu": StudyConfig(
         "resnext11_1x64d_p16",
         (1, 8),
@@ -158,19 +158,31 @@ def _depths(base: ModelSpec, depth: int) -> tuple[int, ...]:
 
 
 def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """One row per member: arm, label, C, d, group width, depth, params, MACs."""
-    rows = []
+    """One row per member: arm, label, C, d, group width, depth, params, MACs and MACs / base.
+
+    The base is the template itself (C = 1 at its own d): `base` marks its row, and every
+    row's `macs_ratio` is its multiply-adds over the template's at the recipe's image size.
+    """
     # Input channels and classes of the named data sets; a folder keeps the template's.
     shape = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}.get(cfg.dataset)
+
+    def shaped(s: ModelSpec) -> ModelSpec:
+        if shape is None:
+            return s
+        return dataclasses.replace(s, in_channels=shape[0], num_classes=shape[1])
+
+    template = get_spec(study.template)
+    base_macs = meta_complexity(shaped(template), cfg.train_size).macs
+    rows = []
     for m in members(study):
-        s = m.spec
-        if shape is not None:
-            s = dataclasses.replace(s, in_channels=shape[0], num_classes=shape[1])
+        s = shaped(m.spec)
+        c = meta_complexity(s, cfg.train_size)
         rows.append({
             "arm": m.arm, "label": m.label, "model": m.name, "cardinality": s.cardinality,
             "d": s.base_width, "group_width": bottleneck_width(s.base_planes, s.base_width,
                                                                 s.cardinality),
-            "depth": s.depth, **_params_macs(meta_complexity(s, cfg.train_size)),
+            "depth": s.depth, "params": c.params, "macs": c.macs,
+            "macs_ratio": c.macs / base_macs, "base": m.spec == template,
         })  # fmt: skip
     return rows
 
@@ -179,10 +191,6 @@ def grid(study: StudyConfig, cfg: TrainConfig) -> list[dict[str, Any]]:
 # size and padding. A study of a CIFAR-recipe template on digits takes digits' (8 px grey).
 _NATIVE = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}
 _SHAPE_FIELDS = ("mean", "std", "train_size", "pad", "eval_resize", "eval_crop")
-
-
-def _params_macs(c: Complexity) -> dict[str, int]:
-    return {"params": c.params, "macs": c.macs}
 
 
 def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig:

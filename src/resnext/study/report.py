@@ -6,12 +6,14 @@ partial study reports what it measured and nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from resnext.study.grid import WALL_FILE, run_name
+from resnext.study.grid import WALL_FILE, grid, run_name
+from resnext.study.plan import read_plan
 from resnext.training.plot import read_metrics
 
 WITHIN_SECONDS = 30 * 60  # "best accuracy within 30 minutes of training"
@@ -51,12 +53,30 @@ def run_summary(path: Path, epochs: int) -> dict[str, Any]:
     }
 
 
+def versus_base(member: dict[str, float | None], base: dict[str, float | None]) -> dict[str, Any]:
+    """A member's mean error minus the base's, with the standard error of that difference.
+
+    The seeds are independent draws, so se = sqrt(s_m^2 / n_m + s_b^2 / n_b) (Welch); `z` is the
+    difference in units of se: |z| < 2 is within the seed noise. None until both have 2 seeds.
+    """
+    if member["mean"] is None or base["mean"] is None:
+        return {"delta": None, "se": None, "z": None}
+    delta = member["mean"] - base["mean"]
+    if member["std"] is None or base["std"] is None:
+        return {"delta": delta, "se": None, "z": None}
+    se = (member["std"] ** 2 / member["n"] + base["std"] ** 2 / base["n"]) ** 0.5
+    return {"delta": delta, "se": se, "z": delta / se if se > 0 else None}
+
+
 def collect(out: Path) -> dict[str, Any]:
     """Summarise every member of the study in `out` (its study.json says what was planned)."""
-    plan = json.loads((out / "study.json").read_text())
-    epochs, seeds = plan["config"]["epochs"], plan["study"]["seeds"]
+    plan = read_plan(out)
+    if plan is None:
+        raise ValueError(f"{out} holds no study (no study.json)")
+    study, cfg = plan
+    epochs, seeds = cfg.epochs, study.seeds
     rows = []
-    for g in plan["grid"]:
+    for g in grid(study, cfg):
         runs = [run_summary(out / run_name(g["arm"], g["label"], s), epochs) for s in range(seeds)]
         done = [r for r in runs if r["finished"]]
         rows.append({
@@ -69,6 +89,9 @@ def collect(out: Path) -> dict[str, Any]:
             "wall_seconds": _mean_std([r["wall_seconds"] for r in done]),
             "runs": runs,
         })  # fmt: skip
+    base = next((r for r in rows if r["base"]), None)
+    for r in rows:
+        r["vs_base"] = versus_base(r["final_error"], base["final_error"]) if base else None
     unfinished = [
         f"{r['run']} ({r['epochs_done']}/{epochs} epochs)"
         for row in rows
@@ -76,7 +99,8 @@ def collect(out: Path) -> dict[str, Any]:
         if not r["finished"]
     ]
     return {"epochs": epochs, "seeds": seeds, "members": rows, "unfinished": unfinished,
-            "study": plan["study"], "config": plan["config"]}  # fmt: skip
+            "base": base["label"] if base else None, "study": dataclasses.asdict(study),
+            "config": cfg.to_dict()}  # fmt: skip
 
 
 def _fmt(s: dict[str, Any], digits: int = 2) -> str:
@@ -85,22 +109,37 @@ def _fmt(s: dict[str, Any], digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f}" + ("" if s["std"] is None else f" ± {s['std']:.{digits}f}")
 
 
+def _versus(v: dict[str, Any] | None, is_base: bool) -> str:
+    if is_base:
+        return "base"
+    if v is None or v["delta"] is None:
+        return "-"
+    if v["se"] is None:
+        return f"{v['delta']:+.2f}"
+    z = "" if v["z"] is None else f" (z {v['z']:+.1f})"
+    return f"{v['delta']:+.2f} ± {v['se']:.2f}{z}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results table, one row per member: errors in % over finished seeds."""
     lines = [
         f"Top-1 error (%) on the validation split, mean ± std over finished seeds "
-        f"({results['epochs']} epochs, {results['seeds']} seed(s) planned).",
+        f"({results['epochs']} epochs, {results['seeds']} seed(s) planned); vs base: the "
+        f"difference from {results['base'] or 'the template'} ± its standard error (z: in "
+        "units of it).",
         "",
-        "| arm | model | C | d | group width | params | MACs (M) | final error | best error "
-        "| train error | images/s | wall (min) | seeds |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| arm | model | C | d | group width | params | MACs (M) | x base | final error "
+        "| vs base | best error | train error | images/s | wall (min) | seeds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in results["members"]:
         wall = r["wall_seconds"]
         wall_min = {**wall, "mean": wall["mean"] / 60 if wall["mean"] else None, "std": None}
         lines.append(
             f"| {r['arm']} | {r['model']} | {r['cardinality']} | {r['d']} | {r['group_width']} "
-            f"| {r['params']:,} | {r['macs'] / 1e6:.1f} | {_fmt(r['final_error'])} "
+            f"| {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['macs_ratio']:.2f} "
+            f"| {_fmt(r['final_error'])} | {_versus(r['vs_base'], r['base'])} "
             f"| {_fmt(r['best_error'])} | {_fmt(r['train_error'])} "
             f"| {_fmt(r['images_per_second'], 0)} | {_fmt(wall_min, 1)} "
             f"| {r['seeds_finished']}/{results['seeds']} |"
