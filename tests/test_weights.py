@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -25,6 +26,7 @@ from resnext.files.interop import (
 from resnext.files.loader import load_model
 from resnext.files.model_file import read_model_file, save_safetensors
 from resnext.files.weights import WeightsError, load_weights, unwrap_state_dict
+from resnext.models.zoo import get_spec
 
 from conftest import randomize_bn
 
@@ -89,6 +91,13 @@ def test_full_size_torchvision_resnext50_is_recognised():
     spec = infer_spec(state)
     assert registered_name(spec) == "resnext50_32x4d"
     assert (spec.cardinality, spec.base_width, spec.num_classes) == (32, 4, 1000)
+
+
+def test_a_narrower_stem_is_not_named_as_its_full_width_sibling():
+    """Same C, d and depths at 16 base planes: another network, not resnext50_32x4d."""
+    narrow = dataclasses.replace(get_spec("resnext50_32x4d"), base_planes=16)
+    assert registered_name(narrow) is None
+    assert registered_name(get_spec("resnext11_1x64d_p16")) is None  # parsed, not registered
 
 
 def test_pycls_key_layout_and_round_trip():
@@ -270,3 +279,17 @@ def test_a_missing_key_lists_at_most_ten_of_the_files_keys():
         unwrap_state_dict(obj, key="model")
     assert "entry09" in str(e.value) and "entry10" not in str(e.value)
     assert "20 more" in str(e.value)
+
+
+def test_convert_checks_a_parsed_architecture_against_model(tmp_path, capsys):
+    """A 16-plane trainer file converts under its own (parsed) name and no other."""
+    from resnext.files.model_file import save_model_file
+
+    spec = get_spec("resnext11_2x40d_p16", num_classes=10)
+    path = save_model_file(tmp_path / "m.pt", {"spec": spec.to_dict(),
+                                               "model": build_model(spec).state_dict()})  # fmt: skip
+    argv = ["convert", "--from", "resnext", str(path), "--out", str(tmp_path / "o.pt")]
+    assert main([*argv, "--model", "resnext11_2x40d_p16"]) == 0
+    assert main([*argv, "--model", "resnext11_2x40d"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a resnext11_2x40d_p16 model, not resnext11_2x40d" in err

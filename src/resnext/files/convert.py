@@ -16,9 +16,11 @@ import torch
 from resnext.extras import require
 from resnext.files.checkpoint import CheckpointError
 from resnext.files.interop import (
+    architecture_name,
     infer_spec,
     is_pycls,
     registered_name,
+    same_architecture,
     source_preprocessing,
     timm_name_for_path,
     to_torchvision_layout,
@@ -169,8 +171,8 @@ def _spec_and_state(
     if source == "resnext" and obj.get("spec"):
         spec_dict = {**obj["spec"], "depths": tuple(obj["spec"]["depths"])}
         spec = ModelSpec(**{**spec_dict, **overrides})
-        if model_name is not None and registered_name(spec) != model_name:
-            raise ValueError(f"holds a {registered_name(spec) or 'custom'} model, not {model_name}")
+        if model_name is not None and not same_architecture(spec, get_spec(model_name)):
+            raise ValueError(f"holds a {architecture_name(spec)} model, not {model_name}")
         state = to_torchvision_layout(source, unwrap_state_dict(obj, key))
         return spec, obj.get("model_name"), checkpoint_metadata(obj), state
     state = to_torchvision_layout(source, unwrap_state_dict(obj, key))

@@ -19,7 +19,7 @@ from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.sources import _torchvision_model
 from resnext.models.forms import convert_state_dict
-from resnext.models.zoo import ModelSpec, get_spec, list_models
+from resnext.models.zoo import ModelSpec, get_spec, list_models, model_name
 
 StateDict = dict[str, Tensor]
 
@@ -119,14 +119,22 @@ def infer_spec(state: Mapping[str, Tensor]) -> ModelSpec:
     )
 
 
+_ARCHITECTURE = ("template", "block", "depths", "cardinality", "base_width", "base_planes")
+
+
+def same_architecture(a: ModelSpec, b: ModelSpec) -> bool:
+    """The same network but for num_classes, form and options (one weights file fits both)."""
+    return all(getattr(a, k) == getattr(b, k) for k in _ARCHITECTURE)
+
+
 def registered_name(spec: ModelSpec) -> str | None:
     """The registered variant a spec is (ignoring num_classes, form and options), if any."""
-    for name in list_models():
-        ref = get_spec(name)
-        keys = ("template", "block", "depths", "cardinality", "base_width")
-        if all(getattr(ref, k) == getattr(spec, k) for k in keys):
-            return name
-    return None
+    return next((n for n in list_models() if same_architecture(get_spec(n), spec)), None)
+
+
+def architecture_name(spec: ModelSpec) -> str:
+    """The name `get_spec` rebuilds this architecture from: registered, else parsed."""
+    return registered_name(spec) or model_name(spec)
 
 
 def torchvision_preprocessing(name: str, filename: str | None = None) -> dict[str, Any] | None:

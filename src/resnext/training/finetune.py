@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnext.files.interop import registered_name
+from resnext.files.interop import architecture_name
 from resnext.files.pretrained import check_fits, read_pretrained, transfer
 from resnext.models.model import ResNeXt
-from resnext.models.zoo import ModelSpec, get_spec, model_name
+from resnext.models.zoo import get_spec
 from resnext.training.config import TrainConfig, resolve_config
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,6 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     if fill:
         log.info("preprocessing of %s: %s", cfg.init, fill)
     return resolve_config(recipe, {**overrides, **fill})
-
-
-def architecture_name(spec: ModelSpec) -> str:
-    """The name `get_spec` rebuilds this architecture from: registered, else parsed."""
-    name = registered_name(spec)
-    if name is not None and get_spec(name).base_planes == spec.base_planes:
-        return name
-    return model_name(spec)
 
 
 def init_weights(model: ResNeXt, cfg: TrainConfig, class_names: Sequence[str]) -> list[str]:
