@@ -263,3 +263,12 @@ def test_the_held_out_split_is_chosen_in_one_place(tmp_path):
     assert load_dataset("digits", "", "auto").split == "test"
     with pytest.raises(ValueError, match="digits has no val split; its held-out split is test"):
         load_dataset("digits", "", "val")
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (16, 4)])
+def test_default_workers_never_exceed_the_usable_cpus(monkeypatch, cpus, expected):
+    from resnext.data import batches
+
+    monkeypatch.setattr(batches.os, "sched_getaffinity", lambda pid: set(range(cpus)),
+                        raising=False)  # fmt: skip
+    assert batches.default_workers() == expected

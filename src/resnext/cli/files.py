@@ -21,7 +21,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for name in ("resize", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must not be negative, got {args.workers}")
     log_to_stderr(True)
     r = evaluate_checkpoint(
@@ -115,7 +115,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, help="centre crop (e.g. 224, or 320 as in Table 5)")
     p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and mirrors")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=4, help="decoding processes for image folders")
+    p.add_argument("--workers", type=int, help="decoding processes for image folders "
+                   "(default: 4, or the CPUs if fewer)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_evaluate)
 

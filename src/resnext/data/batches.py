@@ -8,6 +8,7 @@ image by DataLoader workers, unreadable ones noted and left out of their batch.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -97,6 +98,18 @@ def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str
     x = torch.stack([x for x, _ in good]) if good else None
     y = torch.tensor([y for _, y in good], dtype=torch.int64)
     return x, y, [bad for _, _, bad in items if bad is not None]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as taskset and SLURM set it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers(most: int = 4) -> int:
+    """Decoding processes when none are asked for: `most`, but no more than the usable CPUs."""
+    return min(most, usable_cpus())
 
 
 def loader(

@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from resnext.data.batches import eval_batches
+from resnext.data.batches import default_workers, eval_batches
 from resnext.data.datasets import load_dataset
 from resnext.files.loader import load_model
 from resnext.training.distributed import setup
@@ -23,7 +23,7 @@ def evaluate_checkpoint(
     crop: int | None = None,
     ten_crop: bool = False,
     batch_size: int = 100,
-    workers: int = 4,
+    workers: int | None = None,
     split: str = "auto",
 ) -> dict[str, Any]:
     """Top-1 and top-5 error (percent) of the model file at `path`.
@@ -39,6 +39,7 @@ def evaluate_checkpoint(
             320x320 test), else to the model file's preprocessing.
         crop: centre crop size (default: the model file's).
         ten_crop: average the softmax of four corner and centre crops and their mirrors.
+        workers: decoding processes for a folder (None: batches.default_workers, at most 4).
         split: "val", "test", or "auto" (datasets.held_out_split: a folder's val/, else test/).
     """
     if resize is not None and resize < (crop or 0):
@@ -60,6 +61,8 @@ def evaluate_checkpoint(
             )
         val.images, val.labels = val.images.to(ctx.device), val.labels.to(ctx.device)
     model = model.to(ctx.device)
+    if workers is None:
+        workers = default_workers()
     batches = eval_batches(val, batch_size, pre, ten_crop, workers)
     result = evaluate(model, batches)
     return {
