@@ -272,3 +272,23 @@ def test_default_workers_never_exceed_the_usable_cpus(monkeypatch, cpus, expecte
     monkeypatch.setattr(batches.os, "sched_getaffinity", lambda pid: set(range(cpus)),
                         raising=False)  # fmt: skip
     assert batches.default_workers() == expected
+
+
+def _killed(image):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does: no Python error
+
+
+def test_a_worker_killed_outright_is_named_as_such():
+    from resnext.data.batches import LoaderError, PerImage, loader
+    from resnext.data.imageset import ImageSet
+
+    data = ImageSet(
+        ["a"], torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    )
+    with pytest.raises(
+        LoaderError, match="worker failed: .*SIGKILL: most often the out-of-memory killer"
+    ):
+        list(loader(PerImage(data, _killed), [torch.arange(2), torch.arange(2, 4)], 1, False))

@@ -140,9 +140,18 @@ def loader(
             if x is not None:
                 yield x, y
     except RuntimeError as e:  # the DataLoader's own: a worker killed, or it timed out
-        raise LoaderError(f"a data loader worker failed: {one_line(e)}") from None
+        raise LoaderError(f"a data loader worker failed: {one_line(e)}{_kill_hint(it)}") from None
     finally:
         _shut_down(it)
+
+
+def _kill_hint(it: object) -> str:
+    """What a worker killed outright (SIGKILL: no Python error, no file named) most often means."""
+    codes = [w.exitcode for w in getattr(it, "_workers", [])]
+    if -signal.SIGKILL not in codes:
+        return ""
+    return (" (killed by SIGKILL: most often the out-of-memory killer; try fewer workers or "
+            "a smaller batch)")  # fmt: skip
 
 
 def _shut_down(it: object) -> None:
