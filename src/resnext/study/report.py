@@ -172,8 +172,8 @@ def plot_study(results: dict[str, Any], path: Path) -> Path:
         val = [statistics.fmean(c[e][2] for c in curves if len(c) > e) for e in range(n)]
         line = right.plot(epochs, val, lw=2.2, marker=".", label=r["label"])[0]
         right.plot(epochs, train, lw=1, ls="--", marker="x", color=line.get_color())
-    labels = [r["label"] for r in results["members"]]
-    left.set_xticks(range(len(labels)), labels, rotation=30)
+    labels = [f"{r['label']}\n{r['macs_ratio']:.2f}x MACs" for r in results["members"]]
+    left.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
     left.set(ylabel="final top-1 error (%)", title="error at equal recipe (mean ± std)")
     right.xaxis.get_major_locator().set_params(integer=True)
     right.set(xlabel="epochs", ylabel="top-1 error (%)", title="val (solid) and train (dashed)")
