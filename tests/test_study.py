@@ -133,7 +133,7 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
     assert all(m["seeds_finished"] == 1 for m in results["members"])
     assert results["unfinished"] == []
     assert 0 <= results["members"][1]["final_error"]["mean"] <= 100
-    assert results["base"] == "1x64d" and results["members"][0]["vs_base"]["delta"] == 0
+    assert results["base"] == "1x64d" and results["members"][0]["vs_base"] is None
     delta = results["members"][1]["vs_base"]["delta"]
     errors = [m["final_error"]["mean"] for m in results["members"]]
     assert delta == pytest.approx(errors[1] - errors[0])

@@ -234,7 +234,8 @@ def finished(path: Path, epochs: int) -> bool:
 
 
 def write_plan(study: StudyConfig, cfg: TrainConfig, out: str | Path) -> Path:
-    """study.json: the study, the shared recipe and the grid, which the report reads.
+    """study.json: the study, the shared recipe and, as a record for readers, the grid (the
+    report derives it again from the study and the recipe, as the trainer does).
 
     An existing study.json is kept: it is the study's identity (plan.py reads it back).
     """

@@ -91,7 +91,8 @@ def collect(out: Path) -> dict[str, Any]:
         })  # fmt: skip
     base = next((r for r in rows if r["base"]), None)
     for r in rows:
-        r["vs_base"] = versus_base(r["final_error"], base["final_error"]) if base else None
+        against = base is not None and r is not base
+        r["vs_base"] = versus_base(r["final_error"], base["final_error"]) if against else None
     unfinished = [
         f"{r['run']} ({r['epochs_done']}/{epochs} epochs)"
         for row in rows

@@ -66,8 +66,8 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     pre = src.preprocessing
     if pre is None:
         return cfg
-    values = {"mean": pre.mean, "std": pre.std, "eval_resize": pre.resize, "eval_crop": pre.crop}
-    values["eval_interpolation"] = pre.interpolation
+    values = {"mean": pre.mean, "std": pre.std, "eval_resize": pre.resize, "eval_crop": pre.crop,
+              "eval_interpolation": pre.interpolation}  # fmt: skip
     fill = {k: values[k] for k in _FROM_WEIGHTS if k not in overrides}
     if fill:
         log.info("preprocessing of %s: %s", cfg.init, fill)
