@@ -1,5 +1,12 @@
 """ResNeXt (Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", 2017)."""
 
+from resnext import interrupt
+
+if interrupt.is_command():  # before torch is imported: Ctrl-C there is one line, exit 130
+    interrupt.end_quietly_on_interrupt()
+
+# ruff: noqa: E402  (the imports below come after that, on purpose)
+
 from resnext.data.preprocessing import Preprocessing
 from resnext.files.loader import load_model
 from resnext.files.model_file import read_model_file, save_safetensors

@@ -59,11 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint files); 1 the run failed (non-finite loss, an I/O error such as a full disk);
     128 + signal (143 SIGTERM, 130 SIGINT) stopped on request after saving a checkpoint.
     """
+    from resnext.interrupt import interrupt_raises
     from resnext.training.engine import NonFiniteLoss
     from resnext.training.stopping import TrainingStopped
 
+    interrupt_raises()
+    continuing = "continue with --resume"
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "study":  # a study continues by running it again
+            continuing = f"continue by running resnext study --out {args.out} again"
         if getattr(args, "input_size", None) is not None and args.input_size < 1:
             raise UserError(f"--input-size must be positive, got {args.input_size}")
         if allocator_tuning_wanted():  # up to 2x faster eager CPU steps (docs/performance.md)
@@ -71,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except TrainingStopped as e:
-        print(f"resnext: {e}; continue with --resume", file=sys.stderr)
+        print(f"resnext: {e}; {continuing}", file=sys.stderr)
         return e.exit_status
     except BrokenPipeError:  # `resnext predict ... | head -1`: the reader has gone; end quietly
         _silence_stdout()

@@ -32,7 +32,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(r))
         return
     view = f"resize {r['resize']}, {'ten-crop' if r['ten_crop'] else 'crop'} {r['crop']}"
-    print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%  "
+    top5 = f"top-5 error {r['top5_error']:.2f}%  " if r["top5_error"] is not None else ""
+    print(f"top-1 error {r['top1_error']:.2f}%  {top5}"
           f"({r['images']} {r['split']} images, {view})")  # fmt: skip
 
 
@@ -68,8 +69,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     check_suffix(args.format, args.out)
     dynamic, spatial = args.batch == "dynamic", args.spatial == "dynamic"
     diff = export_checkpoint(args.checkpoint, args.format, args.out, dynamic, spatial=spatial)
-    shape = f"{args.batch} batch, {args.spatial} height/width"
-    print(f"wrote {args.out} ({args.format}, {shape}); max abs diff to eager {diff:.3g}")
+    # Shapes mean something for programs; a safetensors file holds weights only.
+    shape = (
+        "" if args.format == "safetensors" else f", {args.batch} batch, {args.spatial} height/width"
+    )
+    print(f"wrote {args.out} ({args.format}{shape}); max abs diff to eager {diff:.3g}")
     if not diff <= args.tolerance:
         raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
 

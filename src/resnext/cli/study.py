@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from resnext.cli.cluster import add_launcher_arguments, cluster_options
 from resnext.cli.common import DefaultsFormatter, UserError, int_list, log_to_stderr
@@ -11,10 +12,9 @@ from resnext.cli.training import add_data_arguments
 
 def cmd_study(args: argparse.Namespace) -> None:
     """Train a cardinality study (one run per member and seed) and summarise it."""
-    from resnext.study.grid import grid, run_study, write_plan
     from resnext.study.plan import resolve_study
-    from resnext.study.report import markdown, write_report
     from resnext.training.fields import parse_set
+    from resnext.training.rundir import run_lock
 
     changes = {f: int_list(f, getattr(args, f)) for f in ("cardinalities", "widths", "depths")
                if getattr(args, f) is not None}  # fmt: skip
@@ -27,6 +27,15 @@ def cmd_study(args: argparse.Namespace) -> None:
     study, cfg = resolve_study(args.out, args.template, args.recipe, changes, overrides)
     log_to_stderr(True)
     launch = None if args.report_only else cluster_options(args, study=True)
+    # One process works in a study directory at a time; each run's own lock is taken inside.
+    with run_lock(args.out, "study directory"):
+        _study(args, study, cfg, launch)
+
+
+def _study(args: argparse.Namespace, study: Any, cfg: Any, launch: Any) -> None:
+    from resnext.study.grid import grid, run_study, write_plan
+    from resnext.study.report import markdown, write_report
+
     if not args.report_only:
         print(f"study {args.template or study.template}: {study.seeds} seed(s), recipe "
               f"{study.recipe}, {cfg.epochs} epochs, {cfg.dataset} {cfg.data}".rstrip())  # fmt: skip

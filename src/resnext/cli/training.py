@@ -17,7 +17,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from resnext.training.fields import parse_set
     from resnext.training.finetune import finetune_config
-    from resnext.training.rundir import claim
+    from resnext.training.rundir import claim, resume_path, run_lock
     from resnext.training.train import resume_config, train
 
     flags = {"model": args.model, "dataset": args.dataset, "data": args.data, "epochs": args.epochs,
@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.overwrite and args.resume:
         raise UserError("--overwrite starts the run again; --resume continues it: give one")
     if args.out and args.resume not in (None, "auto"):
+        resume_path(args.resume, Path(args.out))  # one that does not exist is named first
         run = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         if run.resolve() != Path(args.out).resolve():
             raise UserError(
@@ -49,16 +50,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     log_to_stderr(rank0)
     cfg = resume_config(args.resume, out, overrides) if args.resume else None
     cfg = cfg or finetune_config(args.recipe, overrides)
-    if rank0:
-        claim(out, args.resume, args.overwrite)  # before a job is submitted, too
+    # The lock (rank 0's) before claim: --overwrite must never delete a run another process
+    # trains. A job's own process takes it again, so it is held here only until submission.
+    with run_lock(out):
+        if rank0:
+            claim(out, args.resume, args.overwrite)  # before a job is submitted, too
+        if launch is None:
+            result = train(cfg, out, args.resume, args.overwrite)
     if launch is not None:
         from resnext.training.launcher import submit_train
 
         result = submit_train(cfg, out, args.resume, launch)
         if result is None:
             return  # --no-wait
-    else:
-        result = train(cfg, out, args.resume, args.overwrite)
     if not rank0:
         return
     if result.get("already_finished"):
@@ -66,8 +70,10 @@ def cmd_train(args: argparse.Namespace) -> None:
               "nothing to do (a larger --epochs continues it)")  # fmt: skip
         return
     err, split = result["val_top1_error"], result.get("val_split", "held-out")
-    print(f"{split} accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, "
-          f"top-5 error {result['val_top5_error']:.2f}%, on the {split} split)")  # fmt: skip
+    top5 = result.get("val_top5_error")  # None below 5 classes: every label is in the top 5
+    top5 = f"top-5 error {top5:.2f}%, " if top5 is not None else ""
+    print(f"{split} accuracy {100 - err:.2f}% (top-1 error {err:.2f}%, {top5}"
+          f"on the {split} split)")  # fmt: skip
     print(f"run directory: {out}")
     print(f"plot: {out / 'errors.png'}")
 

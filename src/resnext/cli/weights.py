@@ -7,7 +7,7 @@ import argparse
 
 def cmd_weights(args: argparse.Namespace) -> None:
     """List torchvision's weight sets (and timm's tags when timm is installed) per model."""
-    from resnext.files.sources import weight_sets
+    from resnext.files.sources import cache_dir, weight_sets
 
     rows = weight_sets(args.name)
     if not rows:
@@ -23,8 +23,18 @@ def cmd_weights(args: argparse.Namespace) -> None:
               f"{r['licence'] or '-'} |")  # fmt: skip
     print(
         "\ntop-1: ImageNet-1K accuracy as torchvision documents it (timm publishes its own in "
-        "its results tables). Downloads go to torch.hub's cache and are reused offline."
+        f"its results tables). Downloads are reused offline: torchvision's and URLs' from "
+        f"torch.hub's cache ({cache_dir()}){_timm_cache()}."
     )
+
+
+def _timm_cache() -> str:
+    try:
+        from resnext.files.sources import hf_cache_dir
+
+        return f", timm's from the Hugging Face cache ({hf_cache_dir()})"
+    except ImportError:  # no timm extra: no timm rows either
+        return ""
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

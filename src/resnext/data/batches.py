@@ -11,7 +11,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,9 @@ from resnext.data.transforms import (
     train_transform,
 )
 from resnext.errors import one_line
-from resnext.training.config import TrainConfig
+
+if TYPE_CHECKING:  # the recipes' defaults call default_workers: no import cycle at run time
+    from resnext.training.config import TrainConfig
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:

@@ -54,6 +54,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the permissions torch.save (open) would.
@@ -68,9 +69,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         # torch reports a failed write (full disk, file size limit) as a cryptic RuntimeError.
         free = shutil.disk_usage(path.parent).free / 2**20
         reason = one_line(e)
+        kept = "the previous file is intact" if existed else f"no checkpoint {path.name} yet"
         raise OSError(
-            f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk; {reason}); "
-            "the previous file is intact"
+            f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk; {reason}); {kept}"
         ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,7 +4,7 @@
 
     https://host/name-1a2b3c4d.pth, file:///x.pt   downloaded once into torch.hub's cache
     torchvision:resnext50_32x4d[.IMAGENET1K_V2]     the URL of torchvision's weight enum
-    timm:resnext50_32x4d.a1h_in1k                   timm's file on the Hugging Face hub
+    timm:resnext50_32x4d.a1h_in1k                   timm's file, in the Hugging Face cache
 
 With a model name known (`create_model(name, weights=...)`), "torchvision", "torchvision:TAG"
 and "timm" name that model's weights (`expand_source`). Everything torchvision documents about
@@ -18,6 +18,7 @@ import hashlib
 import http.client
 import logging
 import os
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
@@ -192,16 +193,58 @@ def timm_file(name: str) -> Path:
         base = name.split(".")[0]
         known = ", ".join(timm.list_pretrained(f"{base}.*")) or "none"
         raise SourceError(f"unknown timm weights {name!r}; known tags for {base}: {known}")
+    files = ("model.safetensors", "pytorch_model.bin")
+    for filename in files:  # the cache first: no network needed, none asked
+        cached = hub.try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    folder = hf_cache_dir() / f"models--{repo.replace('/', '--')}"
+    offline = (
+        f"; without a network, fill {folder} elsewhere (`hf download {repo}` with HF_HOME "
+        "set, then copy the folder) or pass the weight file's local path"
+    )
+    why = _hub_unreachable()
+    if why:
+        raise SourceError(
+            f"cannot download timm:{name} from the Hugging Face hub ({why})" + offline
+        )
     errors = []
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in files:
         try:
             return Path(hub.hf_hub_download(repo, filename))
         except Exception as e:  # hub errors have many types: missing file, no network, auth
             errors.append(f"{filename}: {type(e).__name__}")
     raise SourceError(
-        f"cannot download timm:{name} from the Hugging Face hub ({repo}: {'; '.join(errors)}); "
-        "without a network, download the file elsewhere and pass its local path"
+        f"cannot download timm:{name} from the Hugging Face hub ({repo}: {'; '.join(errors)})"
+        + offline
     )
+
+
+def hf_cache_dir() -> Path:
+    """Where timm's downloads go: the Hugging Face hub's cache ($HF_HUB_CACHE, by default
+    $HF_HOME/hub, ~/.cache/huggingface/hub), not torch.hub's."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_unreachable(seconds: float = 5.0) -> str:
+    """Why the hub cannot be reached, or "": HF_HUB_OFFLINE, or no connection to its host
+    within `seconds`. The hub's client retries a refused connection with back-off for about
+    a minute (22 warnings); this answers in seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    if urllib.request.getproxies().get(url.scheme):
+        return ""  # through a proxy: only the client can tell
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=seconds).close()
+    except OSError as e:
+        return f"{url.hostname}:{port} cannot be reached: {e.strerror or e}"
+    return ""
 
 
 def weight_sets(model: str | None = None) -> list[dict[str, Any]]:

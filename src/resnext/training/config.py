@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
+from resnext.data.batches import default_workers
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Interpolation, Preprocessing
 from resnext.models.blocks import Form
 from resnext.precision import Precision
@@ -197,8 +198,15 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as indented JSON."""
-    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    """Write the resolved config as indented JSON, atomically (temporary file, rename): a run
+    killed at any moment keeps a whole config.json, which is what it restarts from."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @functools.cache
@@ -269,6 +277,7 @@ TINY = dataclasses.replace(
 # with a short warm-up, so the new classifier's large first gradients do not reach the
 # backbone at full rate; wd 1e-4 as in pretraining; label smoothing 0.1 (torchvision's and
 # timm's recent recipes); RandomResizedCrop + flip without the long schedule's colour noise.
+# Decoding workers: as many as the usable CPUs allow, up to 4 (more only make torch warn).
 FINETUNE = dataclasses.replace(
     IMAGENET,
     recipe="finetune",
@@ -283,7 +292,7 @@ FINETUNE = dataclasses.replace(
     label_smoothing=0.1,
     color_jitter=0.0,
     lighting=0.0,
-    workers=4,
+    workers=default_workers(),
 )
 
 RECIPES: dict[str, TrainConfig] = {

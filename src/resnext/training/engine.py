@@ -145,13 +145,14 @@ def evaluate(
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Top-1 / top-5 error (percent) and mean loss, reduced over ranks.
+    """Top-1 / top-5 error (percent; top-5 None below 5 classes) and mean loss, over ranks.
 
     Ten-crop batches (N, 10, C, H, W) are scored by the mean of the crops' softmax outputs.
     """
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(4, dtype=torch.float64, device=device)
+    classes = 5
     for x, y in batches:
         x, y = to_device(x, device, False), y.to(device)
         crops = x.shape[1] if x.ndim == 5 else 0
@@ -160,7 +161,8 @@ def evaluate(
             logits = model(x).float()
         if crops:
             logits = logits.softmax(-1).view(len(y), crops, -1).mean(1).log()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        classes = logits.shape[1]
+        top = logits.topk(min(5, classes), dim=1).indices
         loss = F.cross_entropy(logits, y, reduction="sum")
         hit1 = (top[:, 0] == y).sum()
         hit5 = (top == y[:, None]).any(1).sum()
@@ -170,6 +172,7 @@ def evaluate(
     return {
         "loss": loss / n,
         "top1_error": 100 * (1 - hit1 / n),
-        "top5_error": 100 * (1 - hit5 / n),
+        # With fewer than 5 classes every label is in the top 5: no measurement, so None.
+        "top5_error": 100 * (1 - hit5 / n) if classes >= 5 else None,
         "images": int(n),
     }

@@ -4,8 +4,10 @@
     resnext train ... --init RUN0/best.pt --set freeze_stages=3      (only the classifier learns)
 
 `init` loads every tensor but the classifier strictly (files/pretrained.py); the run's
-normalisation and evaluation sizes default to the weights' preprocessing, because pretrained
-features only mean something on inputs normalised as in pretraining. `freeze_stages=K` freezes
+normalisation, evaluation sizes and training size default to the weights' preprocessing, because
+pretrained features only mean something on inputs normalised and sized as in pretraining (a
+32-px CIFAR model fine-tunes at 32 px, not at the recipe's 224, which would also cost 49x the
+memory). `freeze_stages=K` freezes
 the stem and the first K stages: no gradients, and their BN layers stay in eval mode while the
 rest trains, so their running statistics remain the file's (a small fine-tuning batch would
 otherwise overwrite statistics estimated on the whole pretraining set).
@@ -69,6 +71,8 @@ def finetune_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
     values = {"mean": pre.mean, "std": pre.std, "eval_resize": pre.resize, "eval_crop": pre.crop,
               "eval_interpolation": pre.interpolation}  # fmt: skip
     fill = {k: values[k] for k in _FROM_WEIGHTS if k not in overrides}
+    if "train_size" not in overrides:  # the size the features were trained to see
+        fill["train_size"] = overrides.get("eval_crop", pre.crop)
     if fill:
         log.info("preprocessing of %s: %s", cfg.init, fill)
     return resolve_config(recipe, {**overrides, **fill})

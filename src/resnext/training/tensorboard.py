@@ -60,7 +60,7 @@ class Board:
         if self.writer is None:
             return
         for key in _EPOCH_KEYS:
-            if key in metrics:
+            if metrics.get(key) is not None:  # top-5 is None below 5 classes
                 self.writer.add_scalar(f"epoch/{key}", metrics[key], step)
         self.writer.flush()  # a killed run keeps every finished epoch's scalars
 

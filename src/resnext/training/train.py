@@ -49,6 +49,7 @@ from resnext.training.rundir import (
     keep_metrics,
     resume_config,  # noqa: F401  (the command line's, re-exported)
     resume_path,
+    run_lock,
 )
 from resnext.training.stopping import StopSignals, TrainingStopped
 from resnext.training.tensorboard import Board
@@ -82,13 +83,12 @@ def train(
     try:
         if ckpt is not None:
             check_progress(ckpt, cfg.epochs, out)
-    except RunFinished as e:
-        log.info("%s", e)
+    except RunFinished:  # the caller says so (`already_finished`)
         if cfg.to_dict() == ckpt.get("config"):  # no other change asked: no data to read
             return _finished(ckpt)
     ctx = setup(cfg.device)
     try:
-        with StopSignals() as stop:
+        with StopSignals() as stop, run_lock(out):  # rank 0 only: one lock per run
             if ctx.main:
                 claim(out, resume, overwrite)
             return _train(cfg, out, (path, ckpt) if ckpt is not None else None, ctx, stop)
@@ -104,6 +104,7 @@ def _train(
     stop: StopSignals,
 ) -> dict[str, Any]:
     board = Board(cfg, out, ctx.main)  # a missing tensorboard package fails before any work
+    log.info("%s", sizes(cfg))
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = _load_data(cfg, ctx)
     spec = get_spec(
@@ -133,8 +134,9 @@ def _train(
         remove_stale_temporaries(out)  # left by a process killed while saving
         keep_metrics(out / "metrics.jsonl", start_epoch if resume is not None else 0)
         board.open(t.step)
-    log.info("training %s on %d images (%d steps/epoch, %d process(es)) into %s",
-             cfg.model, len(train_set), steps_per_epoch, ctx.world, out)  # fmt: skip
+    log.info("training %s on %d images (%d steps/epoch%s, %d process(es)) into %s",
+             cfg.model, len(train_set), steps_per_epoch,
+             _left_out(len(train_set), cfg.batch_size), ctx.world, out)  # fmt: skip
     log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
              _untouched(cfg, val_set.split))  # fmt: skip
 
@@ -191,6 +193,23 @@ def _train(
     if ctx.main:
         plot_run(out)  # the command line prints where (errors.png)
     return {**metrics, "best_val_top1_error": saver.best, "val_split": val_set.split}
+
+
+def sizes(cfg: TrainConfig) -> str:
+    """The image sizes a run trains and evaluates at, for its first log line."""
+    how = {"inception": "random-resized crop", "crop_flip": f"crop, pad {cfg.pad}",
+           "none": "as decoded"}[cfg.augment]  # fmt: skip
+    view = f"resize {cfg.eval_resize}, centre crop {cfg.eval_crop}"
+    return f"trains at {cfg.train_size} px ({how}); evaluates at {cfg.eval_crop} px ({view})"
+
+
+def _left_out(images: int, batch: int) -> str:
+    """What dropping the last partial batch costs every epoch (a batch of fewer images would
+    give BN statistics over a few images, and a different step size)."""
+    rest = images % batch
+    return (
+        f"; each epoch leaves out {rest} image{'s' * (rest != 1)} (a partial batch)" if rest else ""
+    )
 
 
 def _finished(ckpt: dict) -> dict[str, Any]:
