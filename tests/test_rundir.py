@@ -107,11 +107,12 @@ def test_a_run_without_a_checkpoint_restarts_from_its_config_json(tmp_path, how)
     assert [json.loads(x)["epoch"] for x in lines] == [1]
 
 
-def test_overrides_apply_on_top_of_the_saved_config(tmp_path):
+def test_overrides_apply_on_top_of_the_saved_config(tmp_path, capsys):
     run = tmp_path / "run"
     saved = _died_before_a_checkpoint(run, lr=0.05, seed=3)
     assert main(["train", "--out", str(run), "--resume", "auto", "--epochs", "2"]) == 0
     assert json.loads((run / "config.json").read_text()) == {**saved, "epochs": 2}
+    assert "top-5 error" in capsys.readouterr().out  # digits: 10 classes
 
 
 def test_an_unreadable_config_json_is_refused_naming_it(tmp_path, capsys):
@@ -209,7 +210,7 @@ def test_a_second_process_is_refused_and_the_lock_dies_with_the_first(tmp_path, 
 def test_a_study_directory_takes_one_process(tmp_path, capsys):
     study = tmp_path / "study"
     argv = ["study", "--template", "cpu", "--dataset", "digits", "--epochs", "1",
-            "--cardinalities", "1", "--seeds", "1", "--set", "train_limit=32",
+            "--cardinalities", "1", "--seeds", "1", "--set", "train_limit=32", "--set", "batch_size=16",
             "--set", "val_limit=16", "--out", str(study)]  # fmt: skip
     holder = paused(tmp_path, *argv)
     try:
@@ -238,21 +239,24 @@ def test_only_rank_0_locks(tmp_path, monkeypatch):
 # 7. timm sources without a network.
 
 
-def test_timm_without_a_network_is_one_quick_line_naming_the_cache(tmp_path):
+@pytest.mark.parametrize("offline", ["refused", "HF_HUB_OFFLINE"])
+def test_timm_without_a_network_is_one_quick_line_naming_the_cache(tmp_path, monkeypatch, offline):
+    """No network: a refused connection (nothing listens on 127.0.0.1:9), or HF_HUB_OFFLINE."""
     pytest.importorskip("timm")
-    data = write_image_folder(tmp_path / "images")
-    env = ENV | {"PYTHONPATH": SRC, "HF_HOME": str(tmp_path / "hf"),
-                 "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
-    env.pop("HF_HUB_OFFLINE", None)
-    argv = [sys.executable, "-m", "resnext.cli", "train", "--recipe", "finetune", "--init",
-            "timm:resnext50_32x4d.a1h_in1k", "--dataset", "folder", "--data", str(data),
-            "--out", str(tmp_path / "run")]  # fmt: skip
+    import huggingface_hub.constants
+
+    from resnext.files.sources import SourceError, timm_file
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline != "refused")
     began = time.monotonic()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - began
-    line = one_error_line(done.stderr)
-    assert done.returncode == 2 and seconds < 30, (seconds, done.stderr)
-    assert str(tmp_path / "hf" / "hub") in line and "models--timm--resnext50_32x4d" in line
+    with pytest.raises(SourceError) as e:
+        timm_file("resnext50_32x4d.a1h_in1k")
+    assert time.monotonic() - began < 5  # the hub's client alone retries for about 50 s
+    assert str(cache / "models--timm--resnext50_32x4d.a1h_in1k") in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_weights_says_where_timm_downloads_go(capsys, monkeypatch, tmp_path):
@@ -319,6 +323,12 @@ def test_a_study_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["module", "script"])
 def test_ctrl_c_at_start_up_is_one_line_and_130(tmp_path, command):
+    """SIGINT at several moments of the command's start-up (imports take seconds).
+
+    The delays count from the moment a bare interpreter is up (`python -c pass`, measured
+    here): before that, Python's own start-up (site, streams) receives the signal, before
+    any code of this package can run.
+    """
     if command == "script":
         script = Path(sys.executable).parent / "resnext"
         if not script.is_file():
@@ -327,15 +337,17 @@ def test_ctrl_c_at_start_up_is_one_line_and_130(tmp_path, command):
     else:
         cmd = [sys.executable, "-m", "resnext"]
     env = ENV | {"PYTHONPATH": SRC}
-    for delay in (0.0, 0.02, 0.1, 0.3, 0.8, 1.5):
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import re"], env=env, check=True)
+    bare = time.monotonic() - began
+    for delay in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0):
         argv = [*cmd, "train", *TINY, "--out", str(tmp_path / f"run{delay}")]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
-        time.sleep(delay)
+        time.sleep(bare + delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-        # Before the interpreter installs its handler the kernel ends it (the shell shows 130).
-        assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)
+        assert proc.returncode == 130, (delay, proc.returncode, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, (delay, err)
 
 
@@ -343,10 +355,11 @@ def test_ctrl_c_at_start_up_is_one_line_and_130(tmp_path, command):
 
 
 def test_few_classes_report_no_top5_and_a_dropped_batch_is_counted(tmp_path, capsys, caplog):
-    data = write_image_folder(tmp_path / "images", per_class=3)  # 9 images, 3 classes
+    data = write_image_folder(tmp_path / "images", per_class=3, size=8)  # 9 images, 3 classes
     argv = ["train", "--recipe", "cifar", "--model", "resnext11_4x16d", "--dataset", "folder",
             "--data", str(data), "--epochs", "1", "--batch-size", "4", "--set", "workers=0",
-            "--out", str(tmp_path / "run")]  # fmt: skip
+            "--set", "train_size=8", "--set", "eval_resize=8", "--set", "eval_crop=8",
+            "--set", "pad=1", "--out", str(tmp_path / "run")]  # fmt: skip
     with caplog.at_level(logging.INFO):
         assert main(argv) == 0
     out = capsys.readouterr().out
@@ -354,11 +367,6 @@ def test_few_classes_report_no_top5_and_a_dropped_batch_is_counted(tmp_path, cap
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert metrics["val_top5_error"] is None
     assert "2 steps/epoch" in caplog.text and "leaves out 1 image" in caplog.text
-
-
-def test_ten_classes_report_top5(tmp_path, capsys):
-    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
-    assert "top-5 error" in capsys.readouterr().out
 
 
 def test_the_finetune_recipe_asks_for_the_usable_cpus():

@@ -49,7 +49,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
     log_to_stderr(rank0)
     cfg = resume_config(args.resume, out, overrides) if args.resume else None
-    cfg = cfg or finetune_config(args.recipe, overrides)
+    if cfg is not None and args.recipe not in (None, cfg.recipe):
+        raise UserError(
+            f"{out} was started with --recipe {cfg.recipe}, not {args.recipe}: leave --recipe "
+            "out to continue it, or start it again with --overwrite"
+        )
+    cfg = cfg or finetune_config(args.recipe or "digits", overrides)
     # The lock (rank 0's) before claim: --overwrite must never delete a run another process
     # trains. A job's own process takes it again, so it is held here only until submission.
     with run_lock(out):
@@ -98,7 +103,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, plot."""
     p = sub.add_parser("train", help=f"train with a recipe ({', '.join(RECIPES)})",
                        formatter_class=DefaultsFormatter)  # fmt: skip
-    p.add_argument("--recipe", default="digits", help=f"named defaults: {', '.join(RECIPES)}")
+    p.add_argument("--recipe", help=f"named defaults: {', '.join(RECIPES)} (default: digits; "
+                   "a resumed run keeps its own)")  # fmt: skip
     add_data_arguments(p, "the recipe's")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--out", help="run directory (one holding a run needs --resume or --overwrite)")

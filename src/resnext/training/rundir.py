@@ -14,7 +14,6 @@ requeued job is never blocked by a stale lock; a second process is refused, nami
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -73,6 +72,7 @@ def run_lock(folder: str | os.PathLike, what: str = "run directory") -> Iterator
                 _held[key][1] -= 1
         return
     check_writable(folder, what)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -80,25 +80,30 @@ def run_lock(folder: str | os.PathLike, what: str = "run directory") -> Iterator
         raise ValueError(f"cannot write the {what} {folder}: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
+    except BlockingIOError:
         os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            # A file system without locks (some network mounts): work on, unprotected.
-            log.warning("cannot lock %s (%s): nothing stops a second process", folder, e.strerror)
-            yield
-            return
         raise DirectoryBusy(
             f"{folder} is in use by {_holder(folder / LOCK_FILE)}: one process works in a "
             f"{what} at a time (wait for it to end, or stop it)"
         ) from None
+    except OSError as e:  # a file system without locks (some network mounts): work on
+        log.warning("cannot lock %s (%s): nothing stops a second process", folder, e.strerror)
+    before = os.fstat(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    if before.st_size:  # bookkeeping: a refused or no-op command leaves every mtime as it was
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
     _held[key] = [fd, 1]
     try:
         yield
     finally:
         del _held[key]
         os.close(fd)  # the last descriptor of the lock: the kernel releases it
+        if created:  # a command that failed before writing anything leaves no directory
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                    (folder / LOCK_FILE).unlink()
+                    folder.rmdir()
 
 
 def _holder(path: Path) -> str:
