@@ -241,6 +241,7 @@ def test_timm_tag_goes_through_the_hub_cache_folder(tmp_path, monkeypatch):
         return str(folder / "x.bin")
 
     monkeypatch.setattr(hf, "hf_hub_download", fake_hub_download)
+    monkeypatch.setattr(sources, "_hub_unreachable", lambda: "")  # the fake hub is reachable
     path = sources.fetch("timm:resnext50_32x4d.a1h_in1k")
     assert got == [("timm/resnext50_32x4d.a1h_in1k", "model.safetensors")]
     assert "models--timm--resnext50_32x4d.a1h_in1k" in str(path)
