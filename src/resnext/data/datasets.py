@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from resnext.data.folders import decode_once, load_folder
+from resnext.data.images import MAX_PIXELS
 from resnext.data.imageset import BAD_IMAGE_ERRORS, BadImageError, ImageSet, note_bad
 
 __all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
@@ -29,12 +30,16 @@ def load_dataset(
     download: bool = False,
     bad_images: str = "skip",
     min_size: int = 1,
+    size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> ImageSet:
     """Load `split` of a dataset by its `--dataset` name.
 
     `split` is "train", "val", "test" or "auto" (the held-out split `held_out_split` picks);
     the returned set's `split` names the one read. Images whose shorter side is below
-    `min_size` are bad images (skipped or fatal as `bad_images` says).
+    `min_size` are bad images (skipped or fatal as `bad_images` says), as are those of more
+    than `max_pixels` pixels. A folder's images decoded into memory are brought to `size` x
+    `size` (shorter side resized, centre crop) when `size` is given (folders.py).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -45,7 +50,7 @@ def load_dataset(
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, split, download)
     if name == "folder":
-        return load_folder(root, split, in_memory, bad_images, min_size)
+        return load_folder(root, split, in_memory, bad_images, min_size, size, max_pixels)
     raise ValueError(f"unknown dataset {name!r}")
 
 

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from resnext.data.images import IMAGE_SUFFIXES, decode_image
+from resnext.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    decode_image,
+    open_image,
+    over_pixel_limit,
+)
 from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
 from resnext.errors import one_line
 
@@ -40,12 +45,21 @@ def class_files(folder: Path) -> list[Path]:
 
 
 def load_folder(
-    root: str, split: str, in_memory: str = "auto", bad_images: str = "skip", min_size: int = 1
+    root: str,
+    split: str,
+    in_memory: str = "auto",
+    bad_images: str = "skip",
+    min_size: int = 1,
+    size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> ImageSet:
     """`root/<split>/<class>/...`; `split` is "train", "val" or "test".
 
     Bad files are skipped with one warning each, or fatal with bad_images="error"; small
     images are checked here (they are decoded now), large ones when a batch first reads them.
+    Images decoded into memory are brought to `size` x `size` as evaluation brings them
+    (shorter side resized, centre crop) when `size` is given, so sizes may be mixed; without
+    it they must share one size.
     """
     base = Path(root) / split
     if not base.is_dir():
@@ -55,7 +69,7 @@ def load_folder(
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
     data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size)  # fmt: skip
+                    min_size=min_size, max_pixels=max_pixels)  # fmt: skip
     paths, labels = [], []
     for i, c in enumerate(classes):
         for p in class_files(base / c):
@@ -66,7 +80,7 @@ def load_folder(
                 note_bad(data, str(p), "not an image file")
     data.labels, data.paths = torch.tensor(labels, dtype=torch.int64), paths
     if in_memory == "yes" or (in_memory == "auto" and _is_small(data)):
-        data.images, kept = _decode_all(data)
+        data.images, kept = _decode_all(data, size)
         data.labels, data.paths = data.labels[kept], None
     counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts) if n == 0]
@@ -81,12 +95,12 @@ def _is_small(data: ImageSet) -> bool:
     """Whether the first usable image is small enough to hold the set in memory."""
     for p in data.paths or []:
         try:
-            with Image.open(p) as im:
+            with open_image(p) as im:
                 size = im.size
         except BAD_IMAGE_ERRORS as e:
             note_bad(data, str(p), one_line(e))
             continue
-        reason = too_small(size, data.min_size)
+        reason = over_pixel_limit(size, data.max_pixels) or too_small(size, data.min_size)
         if reason is None:
             return max(size) <= SMALL_IMAGE
         note_bad(data, str(p), reason)
@@ -108,29 +122,30 @@ def decode_once() -> Iterator[None]:
         _decoded = None
 
 
-def _decode_all(data: ImageSet) -> tuple[Tensor, Tensor]:
+def _decode_all(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
     """Every usable image as uint8 (N, C, H, W), and the indices of those read."""
-    key = (tuple(str(p) for p in data.paths or []), data.on_bad, data.min_size)
+    key = (tuple(str(p) for p in data.paths or []), data.on_bad, data.min_size, size,
+           data.max_pixels)  # fmt: skip
     if _decoded is not None and key in _decoded:
         images, kept, bad = _decoded[key]
         for path, reason in bad:
             note_bad(data, path, reason)
         return images, kept
     bad_before = set(data.bad)
-    images, kept = _decode_files(data)
+    images, kept = _decode_files(data, size)
     if _decoded is not None:
         bad = [(b, "unreadable (decoded earlier in this process)") for b in data.bad - bad_before]
         _decoded[key] = (images, kept, bad)
     return images, kept
 
 
-def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
+def _decode_files(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
     paths = data.paths or []
     log.info("decoding %d images into memory", len(paths))
-    out, kept, first = None, [], None
+    out, kept, first, resized = None, [], None, 0
     for i, p in enumerate(paths):
         try:
-            image = decode_image(p, data.decode_channels)
+            image = decode_image(p, data.decode_channels, max_pixels=data.max_pixels)
         except BAD_IMAGE_ERRORS as e:
             note_bad(data, str(p), one_line(e))
             continue
@@ -138,7 +153,13 @@ def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
         if reason is not None:
             note_bad(data, str(p), reason)
             continue
-        arr = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
+        if size is not None and image.size != (size, size):
+            from resnext.data.transforms import eval_image  # torchvision: ~2 s of start-up
+
+            resized += 1
+            arr = eval_image(image, size, size, False).permute(1, 2, 0).numpy()
+        else:
+            arr = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
         if out is None:
             out, first = np.empty((len(paths), *arr.shape), dtype=np.uint8), p
         if arr.shape != out.shape[1:]:
@@ -148,6 +169,10 @@ def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
             )
         out[len(kept)] = arr
         kept.append(i)
+    if resized:
+        log.info("%s: %d of %d images brought to %dx%d px as evaluation brings them (shorter "
+                 "side resized to %d, centre crop)", data.split, resized, len(kept), size, size,
+                 size)  # fmt: skip
     if out is None:
         out = np.empty((0, 1, 1, data.decode_channels), dtype=np.uint8)
     images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous()

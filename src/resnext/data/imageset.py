@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from resnext.data.images import MAX_PIXELS
+
 log = logging.getLogger("resnext.data.datasets")
 
 # What decoding raises for a missing, zero-byte, truncated or non-image file.
@@ -32,8 +34,8 @@ class ImageSet:
 
     `split` names the split read ("train", "val" or "test"). `bad` holds the bad files met so
     far (skipped, or fatal when `on_bad` is "error"); an image whose shorter side is below
-    `min_size` is bad too (the training crop cannot be cut from it). Files decode to
-    `decode_channels` channels.
+    `min_size` is bad too (the training crop cannot be cut from it), and so is one of more
+    than `max_pixels` pixels (read from its header). Files decode to `decode_channels` channels.
     """
 
     classes: list[str]
@@ -45,6 +47,7 @@ class ImageSet:
     split: str = ""
     min_size: int = 1
     decode_channels: int = 3
+    max_pixels: int = MAX_PIXELS
 
     def __len__(self) -> int:
         return len(self.labels)
