@@ -74,9 +74,10 @@ class PerImage(torch.utils.data.Dataset):
         label = int(self.data.labels[i])
         if self.data.images is not None:
             return self.transform(self.data.images[i]), label, None
-        path = str(self.data.paths[i])
+        path = self.data.name(i)
         try:
-            image = decode_image(path, self.data.decode_channels)
+            source, path = self.data.open(i)
+            image = decode_image(source, self.data.decode_channels)
         except BAD_IMAGE_ERRORS as e:
             return None, label, (path, one_line(e), False)
         reason = too_small(image.size, self.data.min_size)
