@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import write_photo_folder
 
+from photos import write_photo_folder
 from resnext.cli import main
 from resnext.data.datasets import load_dataset
 from resnext.extras import MissingExtra
