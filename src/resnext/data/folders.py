@@ -42,16 +42,19 @@ def class_files(folder: Path) -> list[Path]:
 
 
 def _new_folder(root: str, name: str, seen: set[str]) -> bool:
-    """Whether `root/name` leads to a folder not read yet; a link that does not is noted once."""
+    """Whether `root/name` leads to a folder not read yet; a link that does not is noted once.
+
+    A link up to the folder itself or above it (`ln -s . loop`, `ln -s .. up`) is a loop even
+    when the folder it leads to was never read: following it would reach other classes.
+    """
     path = os.path.join(root, name)
-    target = os.path.realpath(path)
-    if target not in seen:
+    target, here = os.path.realpath(path), os.path.realpath(root)
+    loop = here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+    if not loop and target not in seen:
         seen.add(target)
         return True
-    here = os.path.realpath(root)
-    loop = here == target or here.startswith(target + os.sep)  # it leads back up
-    what = "a symbolic-link loop" if loop else "a second way"
-    log.warning("skipping %s %s: it leads to %s, read once already", what, path, target)
+    what = "a symbolic-link loop" if loop else "a second way to a folder read once already"
+    log.warning("skipping %s: %s leads to %s", what, path, target)
     return False
 
 
