@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import digit_image
-
 from resnext.data.datasets import load_dataset
+
+from conftest import digit_image
 
 
 def _images(folder: Path, names: list[str], label: int = 0) -> set[str]:

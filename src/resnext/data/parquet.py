@@ -68,7 +68,9 @@ class ParquetRecords:
         if self._group is None or self._group[:2] != (f, g):
             try:
                 table = self._parquet(f).read_row_group(
-                    g, columns=["image.bytes"], use_threads=False  # a worker is one core
+                    g,
+                    columns=["image.bytes"],
+                    use_threads=False,  # a worker is one core
                 )
             except Exception as e:  # noqa: BLE001 - pyarrow's errors are not OSErrors
                 raise OSError(f"cannot read row group {g}: {e}") from None
