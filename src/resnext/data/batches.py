@@ -71,10 +71,11 @@ class PerImage(torch.utils.data.Dataset):
         label = int(self.data.labels[i])
         if self.data.images is not None:
             return self.transform(self.data.images[i]), label, None
-        path = str(self.data.paths[i])
+        path = self.data.name(i)
         try:
+            source, path = self.data.open(i)
             image = decode_image(
-                path, self.data.decode_channels, reduce=getattr(self.transform, "reduce", None),
+                source, self.data.decode_channels, reduce=getattr(self.transform, "reduce", None),
                 max_pixels=self.data.max_pixels,
             )  # fmt: skip
         except BAD_IMAGE_ERRORS as e:

@@ -1,47 +1,61 @@
 """Image folders in the ImageNet layout, `root/<split>/<class>/.../<image>`, as torchvision's
 ImageFolder reads them: class folders sorted, images found recursively in sorted order.
 
-Small images are decoded once and held in memory as uint8, so that CPU epochs are bound by
-compute; large ones (ImageNet) are decoded per image by DataLoader workers. Every image goes
-through the one decoder, `data.images.decode_image`, as in evaluate and predict.
+Symbolic links are followed, but each real file is read once however links reach it: a link
+loop (`ln -s . loop`) or a second link to a folder already read is skipped with one warning.
+Small images are then held in memory (memory.py); every image goes through the one decoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor
 
-from resnext.data.images import (
-    IMAGE_SUFFIXES,
-    MAX_PIXELS,
-    decode_image,
-    open_image,
-    over_pixel_limit,
-)
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
-from resnext.errors import one_line
+from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
+from resnext.data.imageset import ImageSet, note_bad
+from resnext.data.memory import hold_small
 
 log = logging.getLogger("resnext.data.datasets")
-
-SMALL_IMAGE = 64  # in_memory="auto" decodes into memory when images are at most this size
 
 
 def class_files(folder: Path) -> list[Path]:
     """Every file under a class folder, recursively (symlinks followed), in ImageFolder's order;
-    hidden files and folders are left out."""
-    walked = []
+    hidden files and folders are left out, and each real file and folder is read once."""
+    walked, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        seen.add(os.path.realpath(root))
+        # Real folders before links, so that a link to a folder read anyway is the one skipped.
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(root, d)), d))
+        dirs[:] = [d for d in dirs if not d.startswith(".") and _new_folder(root, d, seen)]
         walked.append((root, names))
-    return [Path(root) / n for root, names in sorted(walked) for n in sorted(names)
-            if not n.startswith(".")]  # fmt: skip
+    files, real = [], set()
+    for root, names in sorted(walked):
+        for n in sorted(names):
+            target = os.path.realpath(os.path.join(root, n))
+            if not n.startswith(".") and target not in real:
+                real.add(target)
+                files.append(Path(root) / n)
+    return files
+
+
+def _new_folder(root: str, name: str, seen: set[str]) -> bool:
+    """Whether `root/name` leads to a folder not read yet; a link that does not is noted once.
+
+    A link up to the folder itself or above it (`ln -s . loop`, `ln -s .. up`) is a loop even
+    when the folder it leads to was never read: following it would reach other classes.
+    """
+    path = os.path.join(root, name)
+    target, here = os.path.realpath(path), os.path.realpath(root)
+    loop = here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+    if not loop and target not in seen:
+        seen.add(target)
+        return True
+    what = "a symbolic-link loop" if loop else "a second way to a folder read once already"
+    log.warning("skipping %s: %s leads to %s", what, path, target)
+    return False
 
 
 def load_folder(
@@ -57,9 +71,6 @@ def load_folder(
 
     Bad files are skipped with one warning each, or fatal with bad_images="error"; small
     images are checked here (they are decoded now), large ones when a batch first reads them.
-    Images decoded into memory are brought to `size` x `size` as evaluation brings them
-    (shorter side resized, centre crop) when `size` is given, so sizes may be mixed; without
-    it they must share one size.
     """
     base = Path(root) / split
     if not base.is_dir():
@@ -69,7 +80,7 @@ def load_folder(
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
     data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size, max_pixels=max_pixels)  # fmt: skip
+                    min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
     paths, labels = [], []
     for i, c in enumerate(classes):
         for p in class_files(base / c):
@@ -79,9 +90,7 @@ def load_folder(
             else:
                 note_bad(data, str(p), "not an image file")
     data.labels, data.paths = torch.tensor(labels, dtype=torch.int64), paths
-    if in_memory == "yes" or (in_memory == "auto" and _is_small(data)):
-        data.images, kept = _decode_all(data, size)
-        data.labels, data.paths = data.labels[kept], None
+    hold_small(data, in_memory)
     counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if len(empty) == len(classes):
@@ -89,91 +98,3 @@ def load_folder(
     if empty:
         raise ValueError(f"class folder {base / empty[0]} holds no readable images")
     return data
-
-
-def _is_small(data: ImageSet) -> bool:
-    """Whether the first usable image is small enough to hold the set in memory."""
-    for p in data.paths or []:
-        try:
-            with open_image(p) as im:
-                size = im.size
-        except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), one_line(e))
-            continue
-        reason = over_pixel_limit(size, data.max_pixels) or too_small(size, data.min_size)
-        if reason is None:
-            return max(size) <= SMALL_IMAGE
-        note_bad(data, str(p), reason)
-    return False
-
-
-_decoded: dict | None = None  # set by `decode_once`
-
-
-@contextlib.contextmanager
-def decode_once() -> Iterator[None]:
-    """Within this block each image folder is decoded once per process: a study trains many
-    runs on one data set, and decoding 60,000 JPEGs takes about a minute."""
-    global _decoded
-    _decoded = {}
-    try:
-        yield
-    finally:
-        _decoded = None
-
-
-def _decode_all(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
-    """Every usable image as uint8 (N, C, H, W), and the indices of those read."""
-    key = (tuple(str(p) for p in data.paths or []), data.on_bad, data.min_size, size,
-           data.max_pixels)  # fmt: skip
-    if _decoded is not None and key in _decoded:
-        images, kept, bad = _decoded[key]
-        for path, reason in bad:
-            note_bad(data, path, reason)
-        return images, kept
-    bad_before = set(data.bad)
-    images, kept = _decode_files(data, size)
-    if _decoded is not None:
-        bad = [(b, "unreadable (decoded earlier in this process)") for b in data.bad - bad_before]
-        _decoded[key] = (images, kept, bad)
-    return images, kept
-
-
-def _decode_files(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
-    paths = data.paths or []
-    log.info("decoding %d images into memory", len(paths))
-    out, kept, first, resized = None, [], None, 0
-    for i, p in enumerate(paths):
-        try:
-            image = decode_image(p, data.decode_channels, max_pixels=data.max_pixels)
-        except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), one_line(e))
-            continue
-        reason = too_small(image.size, data.min_size)
-        if reason is not None:
-            note_bad(data, str(p), reason)
-            continue
-        if size is not None and image.size != (size, size):
-            from resnext.data.transforms import eval_image  # torchvision: ~2 s of start-up
-
-            resized += 1
-            arr = eval_image(image, size, size, False).permute(1, 2, 0).numpy()
-        else:
-            arr = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
-        if out is None:
-            out, first = np.empty((len(paths), *arr.shape), dtype=np.uint8), p
-        if arr.shape != out.shape[1:]:
-            raise ValueError(
-                f"{p} is {arr.shape[1]}x{arr.shape[0]} px, {first} is {out.shape[2]}x"
-                f"{out.shape[1]}: images held in memory share one size (set in_memory=no)"
-            )
-        out[len(kept)] = arr
-        kept.append(i)
-    if resized:
-        log.info("%s: %d of %d images brought to %dx%d px as evaluation brings them (shorter "
-                 "side resized to %d, centre crop)", data.split, resized, len(kept), size, size,
-                 size)  # fmt: skip
-    if out is None:
-        out = np.empty((0, 1, 1, data.decode_channels), dtype=np.uint8)
-    images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(kept, dtype=torch.int64)

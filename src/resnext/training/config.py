@@ -25,7 +25,7 @@ from resnext.models.blocks import Form
 from resnext.precision import Precision
 from resnext.training.fields import check_value, parse_value
 
-Dataset = Literal["folder", "cifar10", "cifar100", "digits"]
+Dataset = Literal["folder", "wds", "parquet", "cifar10", "cifar100", "digits"]
 Augment = Literal["crop_flip", "inception", "none"]
 Schedule = Literal["step", "cosine"]
 Optimizer = Literal["sgd", "adamw"]
