@@ -15,7 +15,8 @@ epochs, interleaved round by round so that every pipeline sees the same machine:
 - eval, torchvision: its preset on PIL (resize 256, centre crop 224, to float, normalise);
 - eval, ours: `eval_batches` with the recipe's preprocessing;
 
-each with 0 workers (one core) and with --workers, and ours for every data layout given. CPU
+each with 0 workers (one core) and with --workers, and ours for the folder and for the same
+photos packed as WebDataset shards and parquet (`resnext pack`). CPU
 time is the process's and its workers' (getrusage), so images per CPU-second is the figure per
 core; the last lines say how many cores one GPU at 3,000 images/s needs. glibc's allocator is
 tuned as the `resnext` command tunes it (allocator.py), for both pipelines.
@@ -49,6 +50,7 @@ from resnext.data.batches import (
     usable_cpus,
 )
 from resnext.data.datasets import load_dataset
+from resnext.data.pack import pack_dataset
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from resnext.data.transforms import train_transform
 from resnext.training.config import resolve_config
@@ -138,13 +140,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=usable_cpus())
+    parser.add_argument(
+        "--formats", type=lambda v: [f for f in v.split(",") if f], default=["wds", "parquet"],
+        help="layouts besides the folder (comma-separated; empty for the folder only)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per process, as DataLoader workers run
     tune_allocator()  # as the `resnext` command does (workers inherit it); both pipelines gain
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "photos"
         make_photos(root, args.images)
         layouts = {"folder": load_dataset("folder", str(root), "train", in_memory="no")}
+        for fmt in args.formats:  # the same photos, packed by `resnext pack`
+            pack_dataset("folder", str(root), fmt, str(Path(tmp) / fmt))
+            layouts[fmt] = load_dataset(fmt, str(Path(tmp) / fmt), "train", in_memory="no")
         runs: dict = {}
         for r in range(args.rounds):
             for workers in (0, args.workers):
