@@ -46,9 +46,9 @@ def test_the_inception_crop_is_torchvisions_box(size):
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_draft_decoding_keeps_the_crop_and_its_pixels(tmp_path, orientation):
     """A 1600x1200 JPEG: crops >= 448 px decode at 1/2 or 1/4 scale; every view stays close to
-    torchvision's RandomResizedCrop + flip on the full decode (mean |diff| <= 8 of 255;
-    4-5 measured), those
-    decoded in full within 1. With an EXIF rotation, crops are drawn on the upright image."""
+    torchvision's RandomResizedCrop + flip on the full decode (mean |diff| <= 3 of 255, up to
+    2.3 measured: the DCT-domain downscale), those decoded in full within 1. With an EXIF
+    rotation, crops are drawn on the upright image."""
     path = tmp_path / "big.jpg"
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -68,7 +68,7 @@ def test_draft_decoding_keeps_the_crop_and_its_pixels(tmp_path, orientation):
         if image.info["scale"] == 1:
             assert diff.max() <= 1, seed
         else:
-            assert diff.mean() <= 8, (seed, diff.mean())
+            assert diff.mean() <= 3, (seed, diff.mean())
     assert {1, 2} <= set(scales)  # both roads taken
 
 
