@@ -285,3 +285,22 @@ def test_pack_refuses_a_used_folder_and_names_missing_pyarrow(packed, capsys, mo
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingExtra, match=r"pip install 'resnext\[imagenet\]'"):
         load_dataset("parquet", str(packed["parquet"]), "train")
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
+    """Long paths (ustar prefix, GNU long names, pax records), non-ASCII names, empty members."""
+    from resnext.data.shards import scan_tar
+
+    path = tmp_path / "x.tar"
+    deep = "a" * 80 + "/" + ("b" * 90 + "/") * (1 if fmt == tarfile.USTAR_FORMAT else 3)
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for k in range(4):
+            _add(tar, f"{deep}{k}é.jpg", bytes([k]) * (300 * k))
+            _add(tar, f"{deep}{k}é.cls", str(k).encode())
+    with tarfile.open(path) as tar:
+        ref = {m.name: (m.offset_data, m.size) for m in tar}
+    got = scan_tar(path)
+    assert [key for key, _, _ in got] == [f"{deep}{k}é" for k in range(4)]
+    assert [image for _, image, _ in got] == [ref[f"{deep}{k}é.jpg"] for k in range(4)]
+    assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
