@@ -74,7 +74,7 @@ def test_wds_holds_the_folder_as_timm_reads_it(packed):
         assert list(timm_split.shard_lengths) == [len(_tar_records([s])) for s in shards]
 
 
-def test_parquet_holds_the_folder_as_datasets_reads_it(packed):
+def test_parquet_holds_the_folder_as_datasets_reads_it(packed, tmp_path):
     datasets = pytest.importorskip("datasets")
     for split, source in (("train", "train"), ("validation", "val")):
         files = sorted((packed["parquet"] / "data").glob(f"{split}-*.parquet"))
@@ -87,6 +87,10 @@ def test_parquet_holds_the_folder_as_datasets_reads_it(packed):
         assert features["label"].names == CLASSES
         assert isinstance(features["image"], datasets.Image)
         assert pq.ParquetFile(files[0]).metadata.row_group(0).num_rows == 1
+        hf = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
+                                   cache_dir=str(tmp_path / "hf"))  # fmt: skip
+        assert hf.features["label"].names == CLASSES
+        assert hf["label"] == [y for _, y in got]
 
 
 @pytest.mark.parametrize("name", ["wds", "parquet"])
@@ -154,14 +158,22 @@ def _train(name: str, data: Path, out: Path, *extra: str) -> dict:
     return read_model_file(out / "last.pt")
 
 
-def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path):
+def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path, capsys):
     runs = {name: _train(name, path, tmp_path / name) for name, path in packed.items()}
+    capsys.readouterr()
     ref = runs["folder"]
     assert ref["class_names"] == CLASSES
     for name in ("wds", "parquet"):
         assert runs[name]["class_names"] == CLASSES
         assert runs[name]["metrics"]["val_top1_error"] == ref["metrics"]["val_top1_error"]
         assert all(torch.equal(ref["model"][k], runs[name]["model"][k]) for k in ref["model"])
+    scores = []
+    for name, path in packed.items():
+        args = ["evaluate", "--checkpoint", str(tmp_path / "folder" / "last.pt"), "--json"]
+        assert main([*args, "--dataset", name, "--data", str(path), "--split", "val"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert [r["split"] for r in scores] == ["val", "validation", "validation"]
+    assert len({(r["top1_error"], r["images"]) for r in scores}) == 1
 
 
 def test_resume_from_shards_equals_an_uninterrupted_run(packed, tmp_path, monkeypatch):
