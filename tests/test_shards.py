@@ -316,3 +316,15 @@ def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
     assert [key for key, _, _ in got] == [f"{deep}{k}é" for k in range(4)]
     assert [image for _, image, _ in got] == [ref[f"{deep}{k}é.jpg"] for k in range(4)]
     assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_small_images_in_shards_are_held_in_memory_as_a_folders_are(tmp_path, fmt):
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "small", per_class=3)  # 32-px JPEGs
+    assert main(["pack", "--data", str(folder), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    ref = load_dataset("folder", str(folder), "train")
+    data = load_dataset(fmt, str(tmp_path / fmt), "train")
+    assert ref.images is not None and data.images is not None and data.records is None
+    assert torch.equal(data.images, ref.images) and torch.equal(data.labels, ref.labels)
