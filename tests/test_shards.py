@@ -74,7 +74,7 @@ def test_wds_holds_the_folder_as_timm_reads_it(packed):
         assert list(timm_split.shard_lengths) == [len(_tar_records([s])) for s in shards]
 
 
-def test_parquet_holds_the_folder_as_datasets_reads_it(packed):
+def test_parquet_holds_the_folder_as_datasets_reads_it(packed, tmp_path):
     datasets = pytest.importorskip("datasets")
     for split, source in (("train", "train"), ("validation", "val")):
         files = sorted((packed["parquet"] / "data").glob(f"{split}-*.parquet"))
@@ -87,6 +87,10 @@ def test_parquet_holds_the_folder_as_datasets_reads_it(packed):
         assert features["label"].names == CLASSES
         assert isinstance(features["image"], datasets.Image)
         assert pq.ParquetFile(files[0]).metadata.row_group(0).num_rows == 1
+        hf = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
+                                   cache_dir=str(tmp_path / "hf"))  # fmt: skip
+        assert hf.features["label"].names == CLASSES
+        assert hf["label"] == [y for _, y in got]
 
 
 @pytest.mark.parametrize("name", ["wds", "parquet"])
@@ -154,14 +158,22 @@ def _train(name: str, data: Path, out: Path, *extra: str) -> dict:
     return read_model_file(out / "last.pt")
 
 
-def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path):
+def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path, capsys):
     runs = {name: _train(name, path, tmp_path / name) for name, path in packed.items()}
+    capsys.readouterr()
     ref = runs["folder"]
     assert ref["class_names"] == CLASSES
     for name in ("wds", "parquet"):
         assert runs[name]["class_names"] == CLASSES
         assert runs[name]["metrics"]["val_top1_error"] == ref["metrics"]["val_top1_error"]
         assert all(torch.equal(ref["model"][k], runs[name]["model"][k]) for k in ref["model"])
+    scores = []
+    for name, path in packed.items():
+        args = ["evaluate", "--checkpoint", str(tmp_path / "folder" / "last.pt"), "--json"]
+        assert main([*args, "--dataset", name, "--data", str(path), "--split", "val"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert [r["split"] for r in scores] == ["val", "validation", "validation"]
+    assert len({(r["top1_error"], r["images"]) for r in scores}) == 1
 
 
 def test_resume_from_shards_equals_an_uninterrupted_run(packed, tmp_path, monkeypatch):
@@ -285,3 +297,34 @@ def test_pack_refuses_a_used_folder_and_names_missing_pyarrow(packed, capsys, mo
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingExtra, match=r"pip install 'resnext\[imagenet\]'"):
         load_dataset("parquet", str(packed["parquet"]), "train")
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
+    """Long paths (ustar prefix, GNU long names, pax records), non-ASCII names, empty members."""
+    from resnext.data.shards import scan_tar
+
+    path = tmp_path / "x.tar"
+    deep = "a" * 80 + "/" + ("b" * 90 + "/") * (1 if fmt == tarfile.USTAR_FORMAT else 3)
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for k in range(4):
+            _add(tar, f"{deep}{k}é.jpg", bytes([k]) * (300 * k))
+            _add(tar, f"{deep}{k}é.cls", str(k).encode())
+    with tarfile.open(path) as tar:
+        ref = {m.name: (m.offset_data, m.size) for m in tar}
+    got = scan_tar(path)
+    assert [key for key, _, _ in got] == [f"{deep}{k}é" for k in range(4)]
+    assert [image for _, image, _ in got] == [ref[f"{deep}{k}é.jpg"] for k in range(4)]
+    assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_small_images_in_shards_are_held_in_memory_as_a_folders_are(tmp_path, fmt):
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "small", per_class=3)  # 32-px JPEGs
+    assert main(["pack", "--data", str(folder), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    ref = load_dataset("folder", str(folder), "train")
+    data = load_dataset(fmt, str(tmp_path / fmt), "train")
+    assert ref.images is not None and data.images is not None and data.records is None
+    assert torch.equal(data.images, ref.images) and torch.equal(data.labels, ref.labels)

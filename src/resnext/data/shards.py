@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -178,6 +177,8 @@ def held_out_splits(root: str) -> list[str]:
 
 # webdataset's rule: a member's key is its path up to the first dot of its file name.
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_BLOCK = 512
+_FILE_TYPES = (b"0", b"\0", b"7")  # regular files (tar's "contiguous" type 7 included)
 
 
 def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None]]:
@@ -186,37 +187,89 @@ def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None
     Raises ValueError naming the shard when it is not a tar or is truncated.
     """
     samples: dict[str, list] = {}
-    end = 0
     try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                found = _KEY.match(m.name)
-                if not m.isfile() or found is None:
+        with open(path, "rb") as f:
+            for name, offset, size in tar_members(f, path.stat().st_size):
+                found = _KEY.match(name)
+                if found is None:
                     continue
                 key, ext = found.group(1), found.group(2).lower()
                 sample = samples.setdefault(key, [key, None, None])
-                end = max(end, m.offset_data + m.size)
                 if ext in _IMAGE_EXTS and sample[1] is None:
-                    sample[1] = (m.offset_data, m.size)
+                    sample[1] = (offset, size)
                 elif ext == "cls":
-                    tar.fileobj.seek(m.offset_data)  # tarfile seeks back to its next header
-                    sample[2] = tar.fileobj.read(m.size)
-            last = tar.offset  # where the end-of-archive blocks should start
-    except (tarfile.TarError, OSError) as e:
+                    f.seek(offset)
+                    sample[2] = f.read(size)
+    except _Damaged as e:
+        raise ValueError(f"shard {path} {e} (download or pack it again)") from None
+    except OSError as e:
         raise ValueError(f"cannot read shard {path}: {e}") from None
-    if not _ends_properly(path, end, last):
-        raise ValueError(f"shard {path} is truncated (download or pack it again)")
     return [tuple(s) for s in samples.values()]
 
 
-def _ends_properly(path: Path, end: int, last: int) -> bool:
-    """Whether every member's data lies inside the file and the end-of-archive blocks follow."""
-    size = path.stat().st_size
-    if end > size or size < last + 2 * tarfile.BLOCKSIZE:
-        return False
-    with open(path, "rb") as f:
-        f.seek(last)
-        return not f.read(2 * tarfile.BLOCKSIZE).strip(b"\0")
+class _Damaged(Exception):
+    """A tar file that is truncated or not a tar file."""
+
+
+def tar_members(f, file_size: int):
+    """(name, data offset, size) of each regular file in a tar, from its headers alone.
+
+    The standard library's tarfile builds an object per member, about 75 us each: 290 s for
+    ImageNet's 3.8 million members; this reads the 512-byte ustar headers itself (GNU long
+    names and pax paths included), about 10x faster.
+    """
+    pos, long_name = 0, None
+    while True:
+        f.seek(pos)
+        header = f.read(_BLOCK)
+        if len(header) < _BLOCK:
+            raise _Damaged("is truncated (no end-of-archive blocks)" if pos else "is empty")
+        if header == bytes(_BLOCK):
+            if f.read(_BLOCK) != bytes(_BLOCK):
+                raise _Damaged("is truncated (half an end-of-archive)")
+            return
+        if _checksum(header) != _octal(header[148:156]):
+            raise _Damaged(f"is not a tar file (bad header at byte {pos})")
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar" and header[345] != 0:
+            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+        size, kind, data = _size(header[124:136]), header[156:157], pos + _BLOCK
+        if data + size > file_size:
+            raise _Damaged(f"is truncated (a member ends past its {file_size} bytes)")
+        if kind in (b"L", b"x"):  # the next member's name: GNU long name, pax record
+            f.seek(data)
+            long_name = _long_name(f.read(size), kind)
+        elif kind in _FILE_TYPES:
+            yield (long_name or name).decode("utf-8", "replace"), data, size
+            long_name = None
+        pos = data + (size + _BLOCK - 1) // _BLOCK * _BLOCK
+
+
+def _checksum(header: bytes) -> int:
+    return sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def _octal(field: bytes) -> int:
+    try:
+        return int(field.replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError:
+        return -1
+
+
+def _size(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 for members of 8 GB and more
+        return int.from_bytes(field[1:], "big")
+    return max(_octal(field), 0)
+
+
+def _long_name(data: bytes, kind: bytes) -> bytes | None:
+    if kind == b"L":
+        return data.split(b"\0", 1)[0]
+    for record in data.split(b"\n"):  # pax: "LENGTH key=value"
+        key, _, value = record.partition(b" ")[2].partition(b"=")
+        if key == b"path":
+            return value
+    return None
 
 
 def _label_problem(label: bytes | None) -> str | None:
