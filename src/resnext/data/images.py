@@ -154,13 +154,14 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 def image_tensor(image: Image.Image) -> Tensor:
     """A decoded PIL image as a uint8 (C, H, W) tensor, in channels-last memory (PIL's own
-    layout, one copy: torchvision's uint8 resize is fastest on it). Read-only: never write to
-    it in place."""
-    arr = np.asarray(image, dtype=np.uint8)
+    layout: torchvision's uint8 resize is fastest on it).
+
+    The array is copied once more to be writable: torch warns on a read-only one, and building
+    that warning (a formatted Python stack) cost 0.4 ms per image, more than the copy.
+    """
+    arr = np.array(image, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
-    with warnings.catch_warnings():  # the array is read-only; nothing here writes to it
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(arr).permute(2, 0, 1)
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
