@@ -11,7 +11,8 @@ epochs, interleaved round by round so that every pipeline sees the same machine:
 - train, ours: `train_batches` of the `imagenet` recipe: workers decode, crop, flip (uint8),
   then colour jitter, PCA lighting and normalisation on the whole batch, here on this CPU;
 - train, ours (feed only): the same workers, the batch stage left to the device (what a GPU
-  run costs its CPUs);
+  run costs its CPUs); and the folder's without JPEG draft decoding (which only acts on crops
+  at least twice the output size: `--scale 2` makes 1000x750 photos where it does);
 - eval, torchvision: its preset on PIL (resize 256, centre crop 224, to float, normalise);
 - eval, ours: `eval_batches` with the recipe's preprocessing;
 
@@ -52,14 +53,15 @@ from resnext.data.batches import (
 from resnext.data.datasets import load_dataset
 from resnext.data.pack import pack_dataset
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from resnext.data.transforms import train_transform
+from resnext.data.transforms import InceptionCrop, train_transform
 from resnext.training.config import resolve_config
 
 GPU_RATE = 3000  # images/s of resnext50_32x4d on one H200 (issue's estimate from NVIDIA's figures)
 
 
-def make_photos(root: Path, n: int, classes: int = 4, seed: int = 0) -> None:
-    """`n` photos in `root/train/<class>/`: 500x375 (three in four) or 375x500, quality 90."""
+def make_photos(root: Path, n: int, classes: int = 4, seed: int = 0, scale: float = 1.0) -> None:
+    """`n` photos in `root/train/<class>/`: 500x375 (three in four) or 375x500, quality 90;
+    enlarged `scale` times (bicubic) for a set of large photos."""
     rng = np.random.default_rng(seed)
     sources = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]  # 427x640
     for i in range(n):
@@ -73,6 +75,8 @@ def make_photos(root: Path, n: int, classes: int = 4, seed: int = 0) -> None:
             img = Image.fromarray(src[:, x : x + 320]).resize((375, 500), Image.BICUBIC)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if scale != 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
         folder = root / "train" / f"c{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{i:05d}.jpg", quality=90)
@@ -109,9 +113,18 @@ def reference(root: Path, train: bool, batch: int, workers: int):
     )
 
 
-def feed_only(data, cfg, epoch: int):
+class FullDecode(InceptionCrop):
+    """The inception crop without JPEG draft decoding (no `reduce`): what draft mode saves."""
+
+    reduce = None
+
+
+def feed_only(data, cfg, epoch: int, draft: bool = True):
     """Ours without the batch stage: the uint8 batches the workers hand over."""
-    ds = PerImage(data, train_transform(cfg.augment, cfg.train_size, cfg.hflip), cfg.seed)
+    view = train_transform(cfg.augment, cfg.train_size, cfg.hflip)
+    if not draft:
+        view = FullDecode(cfg.train_size, cfg.hflip)
+    ds = PerImage(data, view, cfg.seed)
     ds.epoch = epoch
     batches = train_indices(len(data), cfg.batch_size, cfg.seed, epoch)
     return ((x, y) for x, y, _ in loader(ds, batches, cfg.workers, False))
@@ -128,6 +141,10 @@ def pipelines(root: Path, layouts: dict, batch: int, workers: int) -> dict:
     for name, data in layouts.items():
         out[("train", f"ours {name}")] = lambda r, d=data: train_batches(d, cfg, r, 0, 0, 1)
         out[("train", f"ours {name}, feed only")] = lambda r, d=data: feed_only(d, cfg, r)
+        if name == "folder":
+            out[("train", "ours folder, feed only, no draft")] = lambda r, d=data: feed_only(
+                d, cfg, r, draft=False
+            )
         out[("eval", f"ours {name}")] = lambda r, d=data: eval_batches(
             d, batch, pre, False, workers
         )
@@ -139,6 +156,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="enlarge the photos (2: 1000x750)")
     parser.add_argument("--workers", type=int, default=usable_cpus())
     parser.add_argument(
         "--formats", type=lambda v: [f for f in v.split(",") if f], default=["wds", "parquet"],
@@ -149,7 +167,7 @@ def main() -> None:
     tune_allocator()  # as the `resnext` command does (workers inherit it); both pipelines gain
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "photos"
-        make_photos(root, args.images)
+        make_photos(root, args.images, scale=args.scale)
         layouts = {"folder": load_dataset("folder", str(root), "train", in_memory="no")}
         for fmt in args.formats:  # the same photos, packed by `resnext pack`
             pack_dataset("folder", str(root), fmt, str(Path(tmp) / fmt))
@@ -176,7 +194,7 @@ def main() -> None:
             cores = GPU_RATE / row["images_per_cpu_s"]
             print(f"{row['pipeline']}: {cores:.1f} cores for one GPU at {GPU_RATE} images/s")
     print(json.dumps({"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                      "batch": args.batch, "rounds": args.rounds}))  # fmt: skip
+                      "batch": args.batch, "rounds": args.rounds, "scale": args.scale}))  # fmt: skip
 
 
 if __name__ == "__main__":
