@@ -120,28 +120,18 @@ class ParquetRecords:
         return handle
 
 
-def chunk_index(pf, path: Path) -> tuple[np.ndarray | None, int]:
+def chunk_index(pf) -> tuple[np.ndarray | None, int]:
     """Each row's `image.bytes` chunk (offset, size) where every row group is one uncompressed
     row without a dictionary (else None), and the column's maximum definition level."""
     leaf = [pf.schema.column(j).path for j in range(len(pf.schema))].index("image.bytes")
     max_def = pf.schema.column(leaf).max_definition_level
     md = pf.metadata
-
-    def column(g: int):
-        return md.row_group(g).column(leaf)
-
-    first = column(0) if md.num_row_groups else None
-    if first is None or md.row_group(0).num_rows != 1 or first.compression != "UNCOMPRESSED":
-        return None, max_def
     chunks = np.empty((md.num_row_groups, 2), dtype=np.int64)
     for g in range(md.num_row_groups):
-        c = column(g)
-        if (
-            md.row_group(g).num_rows != 1
-            or c.has_dictionary_page
-            or c.compression != "UNCOMPRESSED"
-        ):
-            return None, max_def
+        group = md.row_group(g)
+        c = group.column(leaf)
+        if group.num_rows != 1 or c.has_dictionary_page or c.compression != "UNCOMPRESSED":
+            return None, max_def  # found at the first group of a foreign file
         chunks[g] = (c.data_page_offset, c.total_compressed_size)
     return chunks, max_def
 
@@ -196,7 +186,7 @@ def load_parquet(
             raise ValueError(f"cannot read parquet file {path}: {e}") from None
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         starts.append(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
-        index, deepest = chunk_index(pf, path)
+        index, deepest = chunk_index(pf)
         chunks.append(index)
         max_def.append(deepest)
         names = names or label_names(pf.schema_arrow.metadata)
