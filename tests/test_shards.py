@@ -146,6 +146,13 @@ def test_foreign_parquet_written_by_datasets_with_large_row_groups(packed, tmp_p
     assert data.classes == ["a", "b", "c"]
     for i in [*np.random.default_rng(1).permutation(len(records)), *range(len(records))]:
         assert data.open(int(i))[0].read() == records[i][0]
+    assert data.records.chunks == [None]  # read through pyarrow
+    again = tmp_path / "again"  # packed again: one row per group, read straight from its pages
+    assert main(["pack", "--dataset", "parquet", "--data", str(tmp_path), "--format", "parquet",
+                 "--out", str(again)]) == 0  # fmt: skip
+    repacked = load_dataset("parquet", str(again), "train", in_memory="no")
+    assert repacked.classes == ["a", "b", "c"] and repacked.records.chunks[0] is not None
+    assert [repacked.open(i)[0].read() for i in range(len(records))] == [b for b, _ in records]
 
 
 def _train(name: str, data: Path, out: Path, *extra: str) -> dict:
@@ -292,6 +299,10 @@ def test_pack_refuses_a_used_folder_and_names_missing_pyarrow(packed, capsys, mo
     args = ["pack", "--data", str(packed["folder"]), "--format", "wds"]
     assert main([*args, "--out", str(packed["parquet"])]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
+    missing = packed["folder"] / "missing"
+    assert main(["pack", "--data", str(missing), "--format", "wds", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing' (it does not exist)" in err
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingExtra, match=r"pip install 'resnext\[imagenet\]'"):
         load_dataset("parquet", str(packed["parquet"]), "train")
