@@ -283,6 +283,18 @@ def test_a_missing_or_truncated_shard_is_one_line_before_training(packed, tmp_pa
         assert not (out / "last.pt").exists()
 
 
+def test_without_info_a_gap_in_the_numbering_names_the_missing_shard(packed, tmp_path):
+    import shutil
+
+    data = tmp_path / "wds"
+    shutil.copytree(packed["wds"], data)
+    (data / "_info.json").unlink()
+    assert len(load_dataset("wds", str(data), "train")) == 15  # found by their names
+    (data / "photos-train-0001.tar").unlink()
+    with pytest.raises(ValueError, match=f"shard {data / 'photos-train-0001.tar'} is missing"):
+        load_dataset("wds", str(data), "train")
+
+
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
     """Cut at a member boundary, a tar still parses: the missing end-of-archive blocks say so."""
     data = tmp_path / "wds"

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ log = logging.getLogger("resnext.data.datasets")
 INFO = "_info.json"
 _IMAGE_EXTS = {s[1:] for s in IMAGE_SUFFIXES}
 _OPEN_FILES = 64  # handles kept open per process; ImageNet has 1,024 train shards
+_SCAN_THREADS = 8
 
 
 class TarRecords:
@@ -96,8 +98,11 @@ def load_wds(
                     min_size=min_size)  # fmt: skip
     index: list[tuple[int, int, int, str]] = []
     labels: list[int] = []
-    for s, path in enumerate(shards):
-        samples = scan_tar(path)
+    # Threads overlap the reads of many shards: on a network file system each header is a
+    # round trip, and reading releases the GIL.
+    with ThreadPoolExecutor(_SCAN_THREADS) as pool:
+        scanned = list(pool.map(scan_tar, shards))
+    for s, (path, samples) in enumerate(zip(shards, scanned)):
         if lengths and len(samples) != lengths[s]:
             raise ValueError(
                 f"shard {path} holds {len(samples)} samples where {INFO} says {lengths[s]} "
@@ -150,6 +155,7 @@ def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[in
         shards = sorted(p for p in base.glob("*.tar") if f"-{split}-" in p.name)
         if not shards:
             raise ValueError(f"no {split} shards in {root} (expected NAME-{split}-NNNN.tar)")
+        _check_numbering(shards)
         return shards, []
     shards = [base / f for f in entry.get("filenames", [])]
     if not shards:
@@ -159,6 +165,19 @@ def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[in
             raise ValueError(f"shard {p} is missing ({INFO} lists it in the {split} split)")
     lengths = [int(n) for n in entry.get("shard_lengths", [])]
     return shards, lengths if len(lengths) == len(shards) else []
+
+
+def _check_numbering(shards: list[Path]) -> None:
+    """Without _info.json, a gap in NAME-SPLIT-0000, -0001, ... names the missing shard."""
+    numbered = [re.fullmatch(r"(.*-)(\d+)\.tar", p.name) for p in shards]
+    if not all(numbered) or len({m.group(1) for m in numbered}) != 1:
+        return
+    have = {int(m.group(2)) for m in numbered}
+    width = len(numbered[0].group(2))
+    for k in range(max(have) + 1):
+        if k not in have:
+            name = f"{numbered[0].group(1)}{k:0{width}d}.tar"
+            raise ValueError(f"shard {shards[0].parent / name} is missing (the numbering skips it)")
 
 
 def held_out_splits(root: str) -> list[str]:
