@@ -6,8 +6,8 @@
     DIR/NAME-train-0000.tar ...       samples KEY.jpg (or .png, .webp) + KEY.cls (its label)
     DIR/NAME-validation-0000.tar ...  the held-out split
 
-Each tar's member headers are read once when the set loads (the standard library's tarfile:
-no extra package), keeping each image's offset and size, so that reading a sample is one
+Each tar's 512-byte member headers are read once when the set loads (parsed here; no package
+beyond the standard library), keeping each image's offset and size, so that reading a sample is one
 positioned read (`os.pread`) and batches stay a function of (seed, epoch, step). File handles
 open lazily in the process that reads (each DataLoader worker its own), a few at a time.
 """
@@ -227,9 +227,9 @@ class _Damaged(Exception):
 def tar_members(f, file_size: int):
     """(name, data offset, size) of each regular file in a tar, from its headers alone.
 
-    The standard library's tarfile builds an object per member, about 75 us each: 290 s for
-    ImageNet's 3.8 million members; this reads the 512-byte ustar headers itself (GNU long
-    names and pax paths included), about 10x faster.
+    Iterating with the standard library's tarfile alone takes 47-69 us per sample of three
+    members (an object per member); this reads the ustar headers itself (GNU long names and pax
+    paths included) in 15-21 us, measured on one core: 25 s for ImageNet's 1.28 M samples.
     """
     pos, long_name = 0, None
     while True:
