@@ -174,7 +174,14 @@ def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path, capsys):
         assert runs[name]["class_names"] == CLASSES
         assert runs[name]["metrics"]["val_top1_error"] == ref["metrics"]["val_top1_error"]
         assert all(torch.equal(ref["model"][k], runs[name]["model"][k]) for k in ref["model"])
-    args = ["evaluate", "--checkpoint", str(tmp_path / "folder" / "last.pt"), "--json"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "folder" / "last.pt"),
+        "--json",
+        "--workers",
+        "0",
+    ]
     assert main([*args, "--dataset", "wds", "--data", str(packed["wds"]), "--split", "val"]) == 0
     score = json.loads(capsys.readouterr().out)
     assert (score["split"], score["images"]) == ("validation", 6)
@@ -383,3 +390,17 @@ def test_rows_are_read_straight_from_their_pages_as_pyarrow_reads_them(tmp_path,
         else:
             assert data.records.read(i) == image["bytes"]
     assert isinstance(data.records, ParquetRecords)
+
+
+def test_bad_images_error_stops_at_the_first_bad_sample(packed, tmp_path):
+    from resnext.data.datasets import BadImageError
+
+    (tmp_path / "wds").mkdir()
+    raw = _folder_records(packed["folder"], "train")[0][0]
+    with tarfile.open(tmp_path / "wds" / "x-train-0000.tar", "w") as tar:
+        _add(tar, "a.jpg", raw)
+        _add(tar, "a.cls", b"0")
+        _add(tar, "b.jpg", raw)  # no .cls
+    with pytest.raises(BadImageError, match=r"x-train-0000.tar:b: no \.cls label"):
+        load_dataset("wds", str(tmp_path / "wds"), "train", bad_images="error")
+    assert len(load_dataset("wds", str(tmp_path / "wds"), "train", in_memory="no")) == 1
