@@ -264,6 +264,7 @@ def test_bad_samples_are_skipped_named_and_counted(packed, tmp_path, caplog):
         warned = [m for m in caplog.messages if m.startswith("skipping bad image")]
         assert {m.split(" ")[3].rstrip(":") for m in warned} == bad[name]
         assert len(warned) == len(bad[name])  # one warning each
+        assert not [m for m in warned if "object at 0x" in m]  # named, not an address
         assert run["metrics"]["bad_images"] == len(bad[name])
 
 
