@@ -60,3 +60,22 @@ def test_without_links_the_order_is_imagefolders(tmp_path):
     ref = ImageFolder(str(root / "train"))
     assert [str(p) for p in data.paths] == [p for p, _ in ref.samples]
     assert data.labels.tolist() == [y for _, y in ref.samples]
+
+
+def test_links_between_class_folders_do_not_move_or_repeat_images(tmp_path, caplog):
+    """A link in one class folder to another class folder, or to its files, leaves those
+    images to the class that holds them; a class folder linked to the split is no class."""
+    root = tmp_path / "data"
+    train = root / "train"
+    cats = _images(train / "cat", ["0.jpg", "1.jpg"])
+    dogs = _images(train / "dog", ["0.jpg"], label=1)
+    (train / "cat" / "dogs").symlink_to("../dog")
+    (train / "cat" / "d.jpg").symlink_to("../dog/0.jpg")
+    (train / "every").symlink_to(".")  # a "class" that is the split folder itself
+    (root / "val" / "cat").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="resnext"):
+        data = load_dataset("folder", str(root), "train", in_memory="no")
+    assert data.classes == ["cat", "dog"]
+    pairs = [(os.path.realpath(p), y) for p, y in zip(data.paths, data.labels.tolist())]
+    assert sorted(pairs) == sorted([(c, 0) for c in cats] + [(d, 1) for d in dogs])
+    assert any("loop" in m and str(train / "every") in m for m in caplog.messages)

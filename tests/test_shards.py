@@ -146,6 +146,13 @@ def test_foreign_parquet_written_by_datasets_with_large_row_groups(packed, tmp_p
     assert data.classes == ["a", "b", "c"]
     for i in [*np.random.default_rng(1).permutation(len(records)), *range(len(records))]:
         assert data.open(int(i))[0].read() == records[i][0]
+    assert data.records.chunks == [None]  # read through pyarrow
+    again = tmp_path / "again"  # packed again: one row per group, read straight from its pages
+    assert main(["pack", "--dataset", "parquet", "--data", str(tmp_path), "--format", "parquet",
+                 "--out", str(again)]) == 0  # fmt: skip
+    repacked = load_dataset("parquet", str(again), "train", in_memory="no")
+    assert repacked.classes == ["a", "b", "c"] and repacked.records.chunks[0] is not None
+    assert [repacked.open(i)[0].read() for i in range(len(records))] == [b for b, _ in records]
 
 
 def _train(name: str, data: Path, out: Path, *extra: str) -> dict:
@@ -167,13 +174,18 @@ def test_folder_wds_and_parquet_train_equal_weights(packed, tmp_path, capsys):
         assert runs[name]["class_names"] == CLASSES
         assert runs[name]["metrics"]["val_top1_error"] == ref["metrics"]["val_top1_error"]
         assert all(torch.equal(ref["model"][k], runs[name]["model"][k]) for k in ref["model"])
-    scores = []
-    for name, path in packed.items():
-        args = ["evaluate", "--checkpoint", str(tmp_path / "folder" / "last.pt"), "--json"]
-        assert main([*args, "--dataset", name, "--data", str(path), "--split", "val"]) == 0
-        scores.append(json.loads(capsys.readouterr().out))
-    assert [r["split"] for r in scores] == ["val", "validation", "validation"]
-    assert len({(r["top1_error"], r["images"]) for r in scores}) == 1
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "folder" / "last.pt"),
+        "--json",
+        "--workers",
+        "0",
+    ]
+    assert main([*args, "--dataset", "wds", "--data", str(packed["wds"]), "--split", "val"]) == 0
+    score = json.loads(capsys.readouterr().out)
+    assert (score["split"], score["images"]) == ("validation", 6)
+    assert score["top1_error"] == pytest.approx(ref["metrics"]["val_top1_error"])
 
 
 def test_resume_from_shards_equals_an_uninterrupted_run(packed, tmp_path, monkeypatch):
@@ -252,6 +264,7 @@ def test_bad_samples_are_skipped_named_and_counted(packed, tmp_path, caplog):
         warned = [m for m in caplog.messages if m.startswith("skipping bad image")]
         assert {m.split(" ")[3].rstrip(":") for m in warned} == bad[name]
         assert len(warned) == len(bad[name])  # one warning each
+        assert not [m for m in warned if "object at 0x" in m]  # named, not an address
         assert run["metrics"]["bad_images"] == len(bad[name])
 
 
@@ -278,6 +291,18 @@ def test_a_missing_or_truncated_shard_is_one_line_before_training(packed, tmp_pa
         assert not (out / "last.pt").exists()
 
 
+def test_without_info_a_gap_in_the_numbering_names_the_missing_shard(packed, tmp_path):
+    import shutil
+
+    data = tmp_path / "wds"
+    shutil.copytree(packed["wds"], data)
+    (data / "_info.json").unlink()
+    assert len(load_dataset("wds", str(data), "train")) == 15  # found by their names
+    (data / "photos-train-0001.tar").unlink()
+    with pytest.raises(ValueError, match=f"shard {data / 'photos-train-0001.tar'} is missing"):
+        load_dataset("wds", str(data), "train")
+
+
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
     """Cut at a member boundary, a tar still parses: the missing end-of-archive blocks say so."""
     data = tmp_path / "wds"
@@ -294,6 +319,10 @@ def test_pack_refuses_a_used_folder_and_names_missing_pyarrow(packed, capsys, mo
     args = ["pack", "--data", str(packed["folder"]), "--format", "wds"]
     assert main([*args, "--out", str(packed["parquet"])]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
+    missing = packed["folder"] / "missing"
+    assert main(["pack", "--data", str(missing), "--format", "wds", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing' (it does not exist)" in err
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingExtra, match=r"pip install 'resnext\[imagenet\]'"):
         load_dataset("parquet", str(packed["parquet"]), "train")
@@ -328,3 +357,51 @@ def test_small_images_in_shards_are_held_in_memory_as_a_folders_are(tmp_path, fm
     data = load_dataset(fmt, str(tmp_path / fmt), "train")
     assert ref.images is not None and data.images is not None and data.records is None
     assert torch.equal(data.images, ref.images) and torch.equal(data.labels, ref.labels)
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_rows_are_read_straight_from_their_pages_as_pyarrow_reads_them(tmp_path, version):
+    """One row per row group, uncompressed: each row is one positioned read of its page (no
+    pyarrow call), for data pages v1 and v2, with null images and null bytes among them."""
+    from resnext.data.parquet import ParquetRecords, hf_metadata
+
+    rng = np.random.default_rng(0)
+    images = [{"bytes": rng.bytes(int(n)), "path": f"{k}.jpg"}
+              for k, n in enumerate(rng.integers(0, 5000, 12))]  # fmt: skip
+    images[3], images[7] = None, {"bytes": None, "path": "gone.jpg"}
+    table = pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()),
+                                                            ("path", pa.string())])),
+                      "label": pa.array([0] * 12, pa.int64())})  # fmt: skip
+    (tmp_path / "data").mkdir()
+    for split in ("train", "validation"):
+        pq.write_table(table.replace_schema_metadata(hf_metadata(["x"])),
+                       tmp_path / "data" / f"{split}-00000-of-00001.parquet", row_group_size=1,
+                       compression="none", use_dictionary=False, data_page_version=version)  # fmt: skip
+    data = load_dataset("parquet", str(tmp_path), "train", in_memory="no")
+    assert data.records.chunks[0] is not None and data.records.max_def == [2]
+
+    def no_pyarrow(*args):
+        raise AssertionError("read through pyarrow")
+
+    data.records._by_pyarrow = no_pyarrow
+    for i, image in enumerate(images):
+        if image is None or image["bytes"] is None:
+            with pytest.raises(OSError, match="no image bytes"):
+                data.records.read(i)
+        else:
+            assert data.records.read(i) == image["bytes"]
+    assert isinstance(data.records, ParquetRecords)
+
+
+def test_bad_images_error_stops_at_the_first_bad_sample(packed, tmp_path):
+    from resnext.data.datasets import BadImageError
+
+    (tmp_path / "wds").mkdir()
+    raw = _folder_records(packed["folder"], "train")[0][0]
+    with tarfile.open(tmp_path / "wds" / "x-train-0000.tar", "w") as tar:
+        _add(tar, "a.jpg", raw)
+        _add(tar, "a.cls", b"0")
+        _add(tar, "b.jpg", raw)  # no .cls
+    with pytest.raises(BadImageError, match=r"x-train-0000.tar:b: no \.cls label"):
+        load_dataset("wds", str(tmp_path / "wds"), "train", bad_images="error")
+    assert len(load_dataset("wds", str(tmp_path / "wds"), "train", in_memory="no")) == 1

@@ -99,7 +99,11 @@ def held_out_split(name: str, root: str, asked: str = "auto") -> str:
 def splits_present(name: str, root: str) -> list[str]:
     """Every split a file data set holds, training first (what `pack` copies)."""
     if name == "folder":
-        return [s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
+        found = [s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
+        if not found:
+            why = "it does not exist" if not Path(root).exists() else "expected train/<class>/"
+            raise ValueError(f"no train, val or test folder in {root!r} ({why})")
+        return found
     if name in SHARDED:
         held_out = SHARDED[name].held_out_splits(root)
         return ["train", *("val" if s == "validation" else s for s in held_out)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,24 +22,64 @@ from resnext.data.memory import hold_small
 log = logging.getLogger("resnext.data.datasets")
 
 
-def class_files(folder: Path) -> list[Path]:
+def class_files(folder: Path, claimed: set[str] | None = None,
+                owners: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
     """Every file under a class folder, recursively (symlinks followed), in ImageFolder's order;
-    hidden files and folders are left out, and each real file and folder is read once."""
-    walked, seen = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        seen.add(os.path.realpath(root))
-        # Real folders before links, so that a link to a folder read anyway is the one skipped.
-        dirs.sort(key=lambda d: (os.path.islink(os.path.join(root, d)), d))
-        dirs[:] = [d for d in dirs if not d.startswith(".") and _new_folder(root, d, seen)]
-        walked.append((root, names))
-    files, real = [], set()
-    for root, names in sorted(walked):
-        for n in sorted(names):
-            target = os.path.realpath(os.path.join(root, n))
-            if not n.startswith(".") and target not in real:
-                real.add(target)
-                files.append(Path(root) / n)
+    hidden files and folders are left out, and each real file and folder is read once.
+
+    `claimed` holds the real paths already read (by earlier classes; updated here); a file that
+    really lies in another class folder of `owners` (real path -> folder) is left to it.
+    """
+    claimed = set() if claimed is None else claimed
+    mine = os.path.realpath(folder)
+    walked = list(_walk(str(folder), {mine}))
+    files, elsewhere = [], 0
+    for root, real_root, names in sorted(walked):
+        for n, link in sorted(names):
+            path = os.path.join(root, n)
+            real = os.path.realpath(path) if link else os.path.join(real_root, n)
+            inside = real.startswith(mine + os.sep)  # the usual case, without a walk up
+            owner = mine if inside else _owner(real, owners or {})
+            if real in claimed or owner not in (None, mine):
+                elsewhere += 1
+                continue
+            claimed.add(real)
+            files.append(Path(path))
+    if elsewhere:
+        log.warning("skipping %d files that links in %s lead to, read once already or held by "
+                    "another class folder", elsewhere, folder)  # fmt: skip
     return files
+
+
+def _walk(top: str, seen: set[str]) -> Iterator[tuple[str, str, list[tuple[str, bool]]]]:
+    """(folder, its real path, [(file name, is a link)]) for `top` and every folder below it,
+    links followed once each (`_new_folder`); hidden files and folders left out.
+
+    os.scandir tells links apart without a system call per file (os.walk does not say).
+    """
+    stack = [top]
+    while stack:
+        root = stack.pop()
+        files, dirs = [], []
+        try:
+            with os.scandir(root) as entries:
+                for e in entries:
+                    if not e.name.startswith("."):
+                        (dirs if e.is_dir() else files).append((e.name, e.is_symlink()))
+        except OSError:  # unreadable folder: nothing in it is read (as os.walk does)
+            continue
+        yield root, os.path.realpath(root), files
+        # Real folders before links, so that a link to a folder read anyway is the one skipped.
+        dirs.sort(key=lambda d: (d[1], d[0]))
+        stack += reversed([os.path.join(root, d) for d, _ in dirs if _new_folder(root, d, seen)])
+
+
+def _owner(real: str, owners: dict[str, str]) -> str | None:
+    """The real class folder that holds the real path `real`, if any."""
+    for parent in Path(real).parents:
+        if str(parent) in owners:
+            return str(parent)
+    return None
 
 
 def _new_folder(root: str, name: str, seen: set[str]) -> bool:
@@ -76,14 +117,17 @@ def load_folder(
     if not base.is_dir():
         why = f"{root} does not exist" if not Path(root).exists() else f"expected {base}/<class>/"
         raise ValueError(f"no {split} folder in {root!r} ({why})")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A class folder that is a link up to the split folder or above is a loop, not a class.
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and _new_folder(str(base), p.name, set()))  # fmt: skip
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
     data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
                     min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
-    paths, labels = [], []
+    paths, labels, claimed = [], [], set()
+    owners = {os.path.realpath(base / c): c for c in classes}
     for i, c in enumerate(classes):
-        for p in class_files(base / c):
+        for p in class_files(base / c, claimed, owners):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(p)
                 labels.append(i)

@@ -33,6 +33,17 @@ class BadImageError(ValueError):
     """A bad image file while bad_images="error"."""
 
 
+class NamedBytes(io.BytesIO):
+    """An encoded image in memory that PIL's errors name by its record (not by an address)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.record = name
+
+    def __repr__(self) -> str:
+        return self.record
+
+
 class Records(Protocol):
     """Encoded images reached by index, in the set's order: one seek and read per image."""
 
@@ -81,7 +92,8 @@ class ImageSet:
     def open(self, i: int) -> tuple[str | Path | IO[bytes], str]:
         """Image `i` as (what `images.decode_image` reads, the name warnings print)."""
         if self.records is not None:
-            return io.BytesIO(self.records.read(i)), self.records.name(i)
+            name = self.records.name(i)
+            return NamedBytes(self.records.read(i), name), name
         path = self.paths[i]
         return path, str(path)
 

@@ -149,9 +149,12 @@ def _write_parquet(f, chunk: list, data: ImageSet) -> None:
     labels = pa.array([int(data.labels[i]) for i, _, _, _ in chunk], pa.int64())
     table = pa.table({"image": image, "label": labels})
     table = table.replace_schema_metadata(hf_metadata(data.classes))
-    # One row per row group: a row is then one small read (data/parquet.py); images do not
-    # compress, so the pages are stored as they are.
-    pyarrow_parquet().write_table(table, f, row_group_size=1, compression="none")
+    # One row per row group, uncompressed (images do not compress) and without a dictionary:
+    # a row is then one positioned read of its column chunk (data/pages.py).
+    pyarrow_parquet().write_table(
+        table, f, row_group_size=1, compression="none", use_dictionary=False,
+        write_statistics=["label"],
+    )  # fmt: skip
 
 
 def _relative(name: str) -> str:
