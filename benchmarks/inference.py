@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from resnext import create_model, fuse_for_inference
+from resnext.allocator import tune_allocator
 from resnext.data.images import decode_image, list_images
 from resnext.files.loader import load_model
 from resnext.inference.backends import optimize_for_inference
@@ -133,6 +134,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {PATHS}")
     args = p.parse_args()
+    tune_allocator()  # as the `resnext` command does: eager fp32 (the reference) at its fastest
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.speed:
