@@ -78,7 +78,7 @@ def _installed(module: str) -> bool:
 
 def _pick_backend(model: nn.Module, precision: str) -> str:
     """int8: OpenVINO where installed, else ONNX Runtime (both run the same QDQ file; OpenVINO
-    2.5x faster on resnext50_32x4d here). fp32 on the CPU: ONNX Runtime when it is installed
+    2.1x faster on resnext50_32x4d at batch 32 here). fp32 on the CPU: ONNX Runtime when it is installed
     (fastest here, docs/performance.md); PyTorch (torch.compile) otherwise: bf16/fp16, GPUs,
     or no onnxruntime."""
     if precision == "int8":

@@ -3,8 +3,8 @@
 `quantize_onnx` is the int8 road (export, `optimize_for_inference(model, "int8")`): BN folded,
 an fp32 ONNX export, then ONNX Runtime's static quantization in QDQ form (int8 weights per
 output channel, uint8 activations per tensor with MinMax ranges seen on calibration images).
-ONNX Runtime and OpenVINO both run the file; OpenVINO ran it at 17.7x torchvision's eager fp32
-on resnext50_32x4d at batch 32, ONNX Runtime at 7.2x, the FX flow at 7.9x (docs/performance.md).
+ONNX Runtime and OpenVINO both run the file; OpenVINO ran it at 5.3x torchvision's eager fp32
+on resnext50_32x4d at batch 32, ONNX Runtime at 2.6x, the FX flow at 4.9x (docs/performance.md).
 
 `quantize_int8` is PyTorch's FX graph mode flow (`backend="torch"`). torch marks it deprecated
 ("will be removed in 2.10", still shipped in 2.14) in favour of torchao's PT2E flow, whose x86
@@ -82,6 +82,14 @@ def calibration_batches(
     return batches
 
 
+class _QuietPreprocessHint(logging.Filter):
+    """onnxruntime's quantizer logs "consider pre-processing" on the root logger at every call:
+    its pre-processing (symbolic shape inference) is for static shapes, not ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over tensor batches."""
 
@@ -132,16 +140,12 @@ def quantize_onnx(
         example = first[:1].float().expand(2, -1, -1, -1)
         export_onnx(fused, fp32, example, dynamic=True, spatial=spatial)
         reader = _Reader(itertools.chain([first], batches), "x")
-        quantization.quantize_static(
-            str(fp32),
-            str(int8),
-            reader,
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
-            calibrate_method=quantization.CalibrationMethod.MinMax,
-        )
+        hint = _QuietPreprocessHint()
+        logging.getLogger().addFilter(hint)
+        try:
+            _quantize_static(quantization, fp32, int8, reader)
+        finally:
+            logging.getLogger().removeFilter(hint)
         proto = onnx.load(str(int8))
     info = {**QUANTIZATION, "calibration_images": reader.images}
     props = {**(metadata or {}), "precision": "int8", "quantization": info}
@@ -152,6 +156,19 @@ def quantize_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     return out
+
+
+def _quantize_static(quantization: Any, fp32: Path, int8: Path, reader: _Reader) -> None:
+    quantization.quantize_static(
+        str(fp32),
+        str(int8),
+        reader,
+        quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=quantization.QuantType.QUInt8,
+        weight_type=quantization.QuantType.QInt8,
+        calibrate_method=quantization.CalibrationMethod.MinMax,
+    )
 
 
 @torch.no_grad()
