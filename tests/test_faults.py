@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -295,7 +296,7 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tmp_path, monkeypatch):
     assert ckpt["skipped_steps"] == 2 and ckpt["step"] == 4
     # Weights and BN statistics stayed finite: the skipped forward passes left no trace.
     assert all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert result["val_loss"] == pytest.approx(result["val_loss"])  # not NaN
+    assert math.isfinite(result["val_loss"]) and math.isfinite(result["train_loss"])
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at step \d \(epoch 1\)"):
         train(dataclasses.replace(cfg, skip_nonfinite=False), tmp_path / "stopped")
 
