@@ -172,3 +172,72 @@ def test_timm_weights_get_timm_s_own_eval_transform():
     assert got.shape == want.shape == (3, 224, 224)
     levels = (got - want).abs().double() * 255 * torch.tensor(pre.std).view(3, 1, 1)
     assert levels.max() <= 1 + 1e-3 and levels.mean() < 0.3
+
+
+def test_another_view_size_keeps_the_rest():
+    """Table 5's 320 crop: `resize` defaults to the crop; nothing else changes."""
+    pre = Preprocessing(256, 224, "bicubic", MEAN, STD)
+    assert pre.with_view() is pre
+    assert pre.with_view(crop=320) == Preprocessing(320, 320, "bicubic", MEAN, STD)
+    assert pre.with_view(resize=288) == Preprocessing(288, 224, "bicubic", MEAN, STD)
+    assert pre.with_view(366, 320) == Preprocessing(366, 320, "bicubic", MEAN, STD)
+
+
+def test_a_file_without_a_record_gets_the_template_s_sizes_and_imagenet_statistics():
+    from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, default_preprocessing
+    from resnext.models.zoo import get_spec
+
+    pre = default_preprocessing(get_spec("resnext50_32x4d"))
+    assert pre == Preprocessing(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD, 3)
+    assert default_preprocessing(get_spec("resnext29_8x64d")) == Preprocessing(
+        32, 32, "bilinear", IMAGENET_MEAN, IMAGENET_STD, 3
+    )  # CIFAR-sized: no resize margin
+    grey = default_preprocessing(get_spec("resnext50_32x4d", in_channels=1))
+    assert grey.channels == 1 and grey.mean == pytest.approx((np.mean(IMAGENET_MEAN),))
+    assert grey.std == pytest.approx((np.mean(IMAGENET_STD),))
+
+
+def test_the_record_round_trips_and_old_files_read():
+    pre = Preprocessing(36, 32, "bicubic", MEAN, STD)
+    d = pre.to_dict()
+    assert d == {"resize": 36, "crop": 32, "interpolation": "bicubic", "mean": list(MEAN),
+                 "std": list(STD), "channels": 3}  # fmt: skip
+    assert Preprocessing.from_dict(d) == pre
+    old = {k: v for k, v in d.items() if k != "channels"}  # written before `channels` existed
+    assert Preprocessing.from_dict(old) == pre
+    grey = {"resize": 8, "crop": 8, "mean": [0.3], "std": [0.4]}
+    assert Preprocessing.from_dict(grey).channels == 1
+    assert Preprocessing.from_dict(grey, channels=1) == Preprocessing(
+        8, 8, "bilinear", [0.3], [0.4], 1
+    )
+    with pytest.raises(ValueError, match=r"unknown preprocessing keys \['size'\]"):
+        Preprocessing.from_dict({**d, "size": 3})
+    with pytest.raises(ValueError, match="incomplete preprocessing"):
+        Preprocessing.from_dict({"resize": 36})
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"resize": 0}, "resize must be a positive integer, got 0"),
+        ({"crop": True}, "crop must be a positive integer, got True"),
+        ({"channels": 2.0}, "channels must be a positive integer"),
+        ({"resize": 31}, "resize 31 is smaller than crop 32"),
+        ({"interpolation": "area"}, "unknown interpolation 'area'; use bilinear, bicubic, nearest"),
+        ({"mean": (0.5, 0.5)}, "mean/std have 2/3 values for 3 channels"),
+        ({"std": (0.2, 0.0, 0.2)}, r"std must be positive, got \[0.2, 0.0, 0.2\]"),
+    ],
+)
+def test_a_bad_record_is_refused_naming_the_field(kw, message):
+    args = {"resize": 36, "crop": 32, "mean": MEAN, "std": STD} | kw
+    with pytest.raises(ValueError, match=message):
+        Preprocessing(**args)
+    assert Preprocessing(32, 32, "nearest", MEAN, STD).resize == 32  # the edges are allowed
+
+
+def test_views_refuse_images_of_another_channel_count():
+    pre = Preprocessing(36, 32, "bilinear", MEAN, STD)
+    with pytest.raises(ValueError, match="images have 1 channels; the model takes 3"):
+        pre.views(torch.zeros(1, 40, 40, dtype=torch.uint8))
+    x = torch.from_numpy(np.array(noise(40, 50, seed=1))).permute(2, 0, 1)
+    assert torch.equal(pre.transform()(x), pre.views(x))  # a uint8 tensor is taken as is
