@@ -137,7 +137,10 @@ def test_one_finished_seed_has_no_spread_and_none_has_no_mean(tmp_path):
     assert third["final_error"] == {"mean": None, "std": None, "n": 0}
     assert third["vs_base"] == {"delta": None, "se": None, "z": None}
     table = markdown(results)
-    assert "| 12.50 |" in table and "| +1.00 |" in table and "| 1/3 |" in table
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[4:7]]
+    assert rows[0][8:10] == ["12.50", "base"] and rows[1][8:10] == ["13.50", "+1.00"]
+    assert rows[2][8:14] == ["-"] * 6 and rows[2][-1] == "0/3"  # nothing finished: no numbers
+    assert rows[0][13] == "0.5"  # 30 s of wall time
 
 
 def test_the_table_shows_each_member_s_numbers(study):
@@ -157,6 +160,22 @@ def test_the_table_shows_each_member_s_numbers(study):
         else:
             assert cells[9] == f"{v['delta']:+.2f} ± {v['se']:.2f} (z {v['z']:+.1f})"
         assert cells[-1] == f"{m['seeds_finished']}/{SEEDS}"
+        assert cells[5] == f"{m['params']:,}" and cells[6] == f"{m['macs'] / 1e6:.1f}"
+        assert cells[7] == f"{m['macs_ratio']:.2f}"
+        for i, key in ((10, "best_error"), (11, "train_error")):
+            assert cells[i] == f"{m[key]['mean']:.2f} ± {m[key]['std']:.2f}"
+        assert (
+            cells[12]
+            == f"{m['images_per_second']['mean']:.0f} ± {m['images_per_second']['std']:.0f}"
+        )
+        assert cells[13] == f"{m['wall_seconds']['mean'] / 60:.1f}"  # minutes, no spread
+    header = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert header == ["arm", "model", "C", "d", "group width", "params", "MACs (M)", "x base",
+                      "final error", "vs base", "best error", "train error", "images/s",
+                      "wall (min)", "seeds"]  # fmt: skip
+    assert table.splitlines()[3].count("|") == len(header) + 1
+    assert "difference from 1x64d ± its standard error (z: in units of it)." in table
+    assert (out / "results.json").read_text() == json.dumps(results, indent=1) + "\n"
     assert table.rstrip().endswith(
         "Not finished: cardinality-2x40d-seed2 (1/3 epochs), cardinality-4x24d-seed0 (0/3 epochs)."
     )
