@@ -361,3 +361,19 @@ def test_a_worker_killed_outright_is_named_as_such():
         LoaderError, match="worker failed: .*SIGKILL: most often the out-of-memory killer"
     ):
         list(loader(PerImage(data, _killed), [torch.arange(2), torch.arange(2, 4)], 1, False))
+
+
+def test_mix_is_a_function_of_its_generator_alone():
+    """Every draw (which of the two, lam, the permutation, the box) comes from the step's
+    generator, never from the global generators: resume and data-parallel ranks rely on it."""
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+        outs = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            np.random.seed(global_seed)
+            outs.append(mix(x, y, 10, mixup, cutmix, torch.Generator().manual_seed(5)))
+        (xa, ta), (xb, tb) = outs
+        assert torch.equal(xa, xb) and torch.equal(ta, tb) and ta.shape == (8, 10)
+        xc, _ = mix(x, y, 10, mixup, cutmix, torch.Generator().manual_seed(6))
+        assert not torch.equal(xa, xc)
