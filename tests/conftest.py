@@ -128,3 +128,26 @@ def write_broken_images(folder: Path) -> dict[str, Path]:
 def image_folder(tmp_path) -> Path:
     """Three classes of real digit pictures in train/ and val/, two per class and split."""
     return write_image_folder(tmp_path / "images")
+
+
+# A finished run of the tiny recipe: 1 epoch, 2 steps of 16 digits, 16 validation images.
+TINY_RUN = {"epochs": 1, "train_limit": 32, "val_limit": 16}
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_once(tmp_path_factory) -> Path:
+    from resnext.training.config import resolve_config
+    from resnext.training.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(resolve_config("tiny", TINY_RUN), run)
+    return run
+
+
+@pytest.fixture
+def tiny_run(_tiny_run_once, tmp_path) -> Path:
+    """A finished TINY_RUN (as `resnext train --recipe tiny --epochs 1 --set train_limit=32
+    --set val_limit=16` writes it), trained once per session and copied for each test."""
+    import shutil
+
+    return Path(shutil.copytree(_tiny_run_once, tmp_path / "run"))

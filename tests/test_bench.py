@@ -142,8 +142,55 @@ def test_trainer_merges_small_groups_on_the_cpu_unless_told_not(merge: bool) -> 
     assert len(merged) == (1 if merge else 0)
 
 
+# In a fresh process (a clean heap), glibc's own counters (mallinfo2) say where a 64 MB block
+# comes from: an mmap of its own with glibc's defaults; the heap when tuned, which keeps it after
+# free (no trim); once the defaults are back, the heap is trimmed at the next free and the block
+# after that is an mmap again.
+ALLOCATIONS = """
+import ctypes, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("allocator", sys.argv[1])
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+rows = []
+for enable in (False, True, False, False):
+    ok = allocator.tune_allocator(enable)
+    before = libc.mallinfo2()
+    p = libc.malloc(64 << 20)
+    held = libc.mallinfo2()
+    libc.free(p)
+    rows.append([ok, (held.hblkhd - before.hblkhd) >> 20, libc.mallinfo2().arena >> 20])
+print(json.dumps(rows))
+"""
+
+
 def test_allocator_tuning_switches_on_and_off() -> None:
-    assert tune_allocator(True) == tune_allocator(False)  # same answer: supported here or not
+    """Tuned: a large block comes from the heap and stays there when freed; switched off: the
+    defaults are back and it is an mmap of its own (glibc's counters, in a fresh process)."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    import resnext.allocator
+
+    if not sys.platform.startswith("linux") or "libc.so.6" not in str(
+        ctypes.util.find_library("c")
+    ):
+        assert tune_allocator(True) is False  # nothing to tune: says so
+        return
+    argv = [sys.executable, "-c", ALLOCATIONS, resnext.allocator.__file__]
+    rows = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    assert all(ok for ok, _, _ in rows)
+    (_, off_mmap, _), (_, on_mmap, on_heap), (_, _, trimmed), (_, again_mmap, _) = rows
+    assert off_mmap >= 64  # glibc's defaults: a mapping of its own
+    assert on_mmap == 0 and on_heap >= 64  # tuned: from the heap, kept after free
+    assert trimmed < 64 and again_mmap >= 64  # switched off: trimmed, then mapped again
 
 
 def test_reference_is_torchvision_with_the_same_function() -> None:

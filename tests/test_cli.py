@@ -84,7 +84,7 @@ def test_help_shows_defaults_and_choices_come_from_the_config_types(command, cap
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: " in text
     if command in ("train", "study"):
-        assert "{folder,cifar10,cifar100,digits}" in text  # typing.get_args(Dataset)
+        assert "{folder,wds,parquet,cifar10,cifar100,digits}" in text  # typing.get_args(Dataset)
     if command == "bench":
         assert "--json print one JSON object per row" in text and "{auto,cpu,cuda}" in text
 

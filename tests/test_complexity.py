@@ -73,8 +73,35 @@ def test_breakdown_sums_to_totals_and_names_stages() -> None:
     assert list(c.stages) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc"]
     for key in ("params", "macs", "activations"):
         assert sum(s[key] for s in c.stages.values()) == getattr(c, key)
-    # Rule 2 of section 3.1: stages conv3..conv5 each cost about the same.
-    assert c.stages["conv4"]["macs"] > c.stages["conv5"]["macs"]  # conv4 has 6 blocks, conv5 3
+
+
+def _bottleneck_macs(size: int, cin: int, planes: int, cardinality: int, d: int, stride: int):
+    """Closed form of one block's MACs (paper Fig. 3c): 1x1 in, grouped 3x3 (stride), 1x1 out,
+    and the 1x1 projection where the shape changes; `size` is the input map's side."""
+    width, out, s = int(planes * d / 64) * cardinality, planes * 4, size // stride
+    macs = size * size * cin * width + s * s * width * (width // cardinality) * 9
+    macs += s * s * width * out
+    return macs + (s * s * cin * out if stride > 1 or cin != out else 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "cardinality", "d"), [("resnext50_32x4d", 32, 4), ("resnet50", 1, 64)]
+)
+def test_rule_2_every_block_after_a_stage_s_first_costs_the_same(name, cardinality, d) -> None:
+    """Rule 2 of section 3.1: halving the map doubles the width, so the blocks of every stage
+    cost the same (but for each stage's first, which also projects); each stage's count is
+    the closed form's."""
+    c = _meta_count(name)
+    size, cin, same = 56, 64, set()
+    for stage, (planes, blocks, stride) in enumerate(
+        [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=2
+    ):
+        first = _bottleneck_macs(size, cin, planes, cardinality, d, stride)
+        size, cin = size // stride, planes * 4
+        rest = _bottleneck_macs(size, cin, planes, cardinality, d, 1)
+        same.add(rest)
+        assert c.stages[f"conv{stage}"]["macs"] == first + (blocks - 1) * rest, stage
+    assert len(same) == 1
 
 
 def test_forms_have_equal_complexity() -> None:

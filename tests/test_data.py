@@ -130,11 +130,80 @@ def test_eval_views_match_per_image_and_batch():
     assert torch.equal(ten[:, 9], ten[:, 4].flip(-1))  # the mirrored centre crop
 
 
-def test_mix_gives_soft_targets():
-    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
-    for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
-        xm, t = mix(x, y, 4, mixup, cutmix, torch.Generator().manual_seed(1))
-        assert xm.shape == x.shape and torch.allclose(t.sum(1), torch.ones(8))
+def _mixed(x: torch.Tensor, num: int, mixup: float, cutmix: float, seed: int):
+    """`mix` of 8 distinct images labelled 0..7: each target row names its two sources."""
+    y = torch.arange(len(x))
+    xm, t = mix(x, y, num, mixup, cutmix, torch.Generator().manual_seed(seed))
+    assert xm.shape == x.shape and t.shape == (len(x), num)
+    assert torch.allclose(t.sum(1), torch.ones(len(x))) and (t >= 0).all()
+    lam = t[torch.arange(len(x)), y]  # the weight left on each image's own label
+    other = t.clone()
+    other[torch.arange(len(x)), y] = 0
+    partner = torch.where(lam < 1, other.argmax(1), y)  # the image mixed into each one
+    return xm, lam, partner
+
+
+def test_mixup_is_a_convex_blend_with_one_permutation_and_one_lambda():
+    """Every mixed image is lam * itself + (1 - lam) * its partner, the label weights the same
+    lam, the partners are a permutation, and lam is one draw for the whole batch."""
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    blended = 0
+    for seed in range(5):
+        xm, lam, partner = _mixed(x, 8, 0.4, 0.0, seed)
+        assert sorted(partner.tolist()) == list(range(8))
+        moved = partner != torch.arange(8)
+        assert torch.allclose(lam[moved], lam[moved][0].expand(int(moved.sum())))
+        want = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
+        assert torch.allclose(xm, want, atol=1e-5)
+        blended += int(moved.any() and 0.01 < lam[moved][0] < 0.99)
+    assert blended >= 3  # really mixed, not the one-hot labels passed through
+
+
+def test_cutmix_pastes_one_box_whose_area_is_the_label_weight():
+    """Each image keeps its pixels outside one box (the same box for the batch) and takes its
+    partner's inside; the partner's label weight is the box's share of the area."""
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    pasted = 0
+    for seed in range(5):
+        xm, lam, partner = _mixed(x, 8, 0.0, 1.0, seed)
+        box = (xm != x).any(1)  # pixels that changed (random values: no ties)
+        for i in range(8):
+            if partner[i] == i:
+                assert not box[i].any()
+                continue
+            assert torch.equal(box[i], box[0] if partner[0] != 0 else box[i])
+            rows, cols = box[i].any(1).nonzero(), box[i].any(0).nonzero()
+            if len(rows):  # a filled rectangle
+                r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+                assert box[i, r0:r1, c0:c1].all() and box[i].sum() == (r1 - r0) * (c1 - c0)
+            inside = box[i].expand(3, -1, -1)
+            assert torch.equal(xm[i][inside], x[partner[i]][inside])
+            assert torch.equal(xm[i][~inside], x[i][~inside])
+            assert float(lam[i]) == pytest.approx(1 - float(box[i].float().mean()), abs=1e-6)
+        pasted += int(box.any())
+    assert pasted >= 3
+
+
+def test_mix_draws_lambda_from_beta_and_picks_cutmix_half_the_time():
+    """Over 300 batches: mixup's lam follows Beta(alpha, alpha) (Zhang et al.; scipy's
+    Kolmogorov-Smirnov test), and with both on, each batch takes one of them at even odds."""
+    from scipy import stats
+
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    lams, cut = [], 0
+    for seed in range(300):
+        xm, lam, partner = _mixed(x, 8, 0.4, 0.0, seed)
+        moved = partner != torch.arange(8)
+        if moved.any():
+            lams.append(float(lam[moved][0]))
+        xm, lam, partner = _mixed(x, 8, 0.4, 1.0, 1000 + seed)
+        # Mixup changes every pixel of an image it mixes; CutMix only a box (maybe empty).
+        moved = partner != torch.arange(8)
+        cut += int(not (xm[moved] != x[moved]).flatten(1).all(1).any())
+    assert len(lams) > 250
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+    assert stats.kstest(lams, stats.uniform().cdf).pvalue < 0.01  # the test can tell
+    assert 0.4 < cut / 300 < 0.6
 
 
 def add_broken_files(root: Path) -> dict[str, Path]:
@@ -292,3 +361,19 @@ def test_a_worker_killed_outright_is_named_as_such():
         LoaderError, match="worker failed: .*SIGKILL: most often the out-of-memory killer"
     ):
         list(loader(PerImage(data, _killed), [torch.arange(2), torch.arange(2, 4)], 1, False))
+
+
+def test_mix_is_a_function_of_its_generator_alone():
+    """Every draw (which of the two, lam, the permutation, the box) comes from the step's
+    generator, never from the global generators: resume and data-parallel ranks rely on it."""
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+        outs = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            np.random.seed(global_seed)
+            outs.append(mix(x, y, 10, mixup, cutmix, torch.Generator().manual_seed(5)))
+        (xa, ta), (xb, tb) = outs
+        assert torch.equal(xa, xb) and torch.equal(ta, tb) and ta.shape == (8, 10)
+        xc, _ = mix(x, y, 10, mixup, cutmix, torch.Generator().manual_seed(6))
+        assert not torch.equal(xa, xc)

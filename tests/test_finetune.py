@@ -125,10 +125,18 @@ def test_backbone_lr_scale_sets_the_param_groups():
     assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.05, 0.5])
 
 
-def test_finetune_recipe_is_a_fine_tuning_start():
+def test_finetune_recipe_is_the_readme_s():
+    """README: SGD momentum 0.9, batch 64, lr 0.01 x batch/256, wd 1e-4, cosine, 1-epoch
+    warm-up, label smoothing 0.1, 10 epochs; random-resized crop and flip, no colour noise."""
+    from resnext.training.optim import peak_lr
+
     cfg = resolve_config("finetune")
-    assert (cfg.lr, cfg.lr_batch, cfg.momentum, cfg.schedule) == (0.01, 256, 0.9, "cosine")
-    assert cfg.label_smoothing == 0.1 and cfg.weight_decay == 1e-4 and cfg.epochs <= 20
+    assert (cfg.optimizer, cfg.momentum, cfg.nesterov) == ("sgd", 0.9, False)
+    assert (cfg.batch_size, cfg.lr, cfg.lr_batch) == (64, 0.01, 256)
+    assert peak_lr(cfg) == pytest.approx(0.01 * 64 / 256)
+    assert (cfg.weight_decay, cfg.schedule, cfg.warmup_epochs) == (1e-4, "cosine", 1.0)
+    assert (cfg.label_smoothing, cfg.epochs, cfg.dataset) == (0.1, 10, "folder")
+    assert (cfg.augment, cfg.hflip, cfg.color_jitter, cfg.lighting) == ("inception", True, 0, 0)
 
 
 def test_frozen_bn_stays_in_eval_mode_while_the_rest_trains():

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnext.cli import main
 from resnext.files.model_file import read_model_file
@@ -137,9 +138,37 @@ def _logs(run: Path) -> str:
 LONGER = {"epochs": 3, "train_limit": 64, "val_limit": 16, "deterministic": True}
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    """The final checkpoint of LONGER uninterrupted, in this process on one thread: the jobs
+    run on one thread too (OMP_NUM_THREADS), so that they use the same kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("straight") / "run"
+        train(resolve_config("tiny", LONGER), run)
+    finally:
+        torch.set_num_threads(threads)
+    return read_model_file(run / "last.pt")
+
+
+def assert_same_weights(run: Path, straight: dict) -> None:
+    """The interrupted run ends where the uninterrupted one did: every tensor, every step."""
+    ckpt = read_model_file(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (straight["epoch"], straight["step"]) == (3, 12)
+    assert ckpt["model"].keys() == straight["model"].keys()
+    assert all(torch.equal(v, straight["model"][k]) for k, v in ckpt["model"].items())
+    momenta = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]
+    expected = [s["momentum_buffer"] for s in straight["optimizer"]["state"].values()]
+    assert len(momenta) == len(expected) > 0
+    assert all(torch.equal(a, b) for a, b in zip(momenta, expected))
+
+
 @linux
-def test_a_preempted_job_saves_requeues_and_resumes(tmp_path):
-    """submitit's time-out / pre-emption signal: last.pt at the step's end, requeue, resume."""
+def test_a_preempted_job_saves_requeues_and_resumes(tmp_path, straight, monkeypatch):
+    """submitit's time-out / pre-emption signal: last.pt at the step's end, requeue, resume,
+    and the run ends with the weights of an uninterrupted one."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
     job = _local_job(resolve_config("tiny", LONGER), run)
     for pid in _after_first_epoch(job, run):
@@ -149,10 +178,12 @@ def test_a_preempted_job_saves_requeues_and_resumes(tmp_path):
     assert [r["epoch"] for r in _epochs(run)] == [1, 2, 3]
     logs = _logs(run)
     assert "requeueing" in logs and "resumed" in logs
+    assert_same_weights(run, straight)
 
 
 @linux
-def test_a_killed_job_resubmitted_resumes_from_last_pt(tmp_path, capsys):
+def test_a_killed_job_resubmitted_resumes_from_last_pt(tmp_path, capsys, straight, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
     job = _local_job(resolve_config("tiny", LONGER), run)
     for pid in _after_first_epoch(job, run):
@@ -165,6 +196,7 @@ def test_a_killed_job_resubmitted_resumes_from_last_pt(tmp_path, capsys):
     assert main(argv) == 0
     assert [r["epoch"] for r in _epochs(run)] == [1, 2, 3]
     assert f"resumed {run / 'last.pt'} at epoch {done}" in _logs(run)
+    assert_same_weights(run, straight)
 
 
 def _fake_sbatch(tmp_path, monkeypatch) -> Path:

@@ -25,7 +25,7 @@ def full_width(name: str, **overrides) -> ResNeXt:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_registered_model_forward_backward_script(name: str) -> None:
+def test_registered_model_forward_backward(name: str) -> None:
     model = narrow(name, num_classes=7)
     # The narrow copy is the registered network but for the widths: same keys, same groups.
     real = full_width(name, num_classes=7).state_dict()
@@ -41,10 +41,38 @@ def test_registered_model_forward_backward_script(name: str) -> None:
     out.square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing, f"parameters without gradient: {missing[:5]}"
-    model.eval()
+
+
+# Scripting compiles each module class once, whatever the depth or width: one shallow model per
+# template, block, form and shortcut option covers every class the registry builds.
+SCRIPTED = [
+    ("resnet18", {}),  # imagenet, basic block
+    ("resnet50", {}),  # bottleneck, C = 1
+    ("resnext50_32x4d", {}),  # grouped, form c
+    ("resnext50_2x40d", {"form": "a"}),  # forms a and b: a module per path, so C = 2
+    ("resnext50_2x40d", {"form": "b"}),
+    ("resnext29_8x64d", {}),  # cifar template
+    ("resnext29_1x64d", {"shortcut": "A", "stride_in_1x1": True}),
+    ("resnet18", {"shortcut": "C", "residual": False}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), SCRIPTED)
+def test_each_kind_of_model_scripts_with_equal_outputs(name: str, options: dict) -> None:
+    spec = get_spec(name, num_classes=7, **options)
+    model = build_model(replace(spec, base_planes=16, depths=(1,) * len(spec.depths))).eval()
+    x = torch.randn(2, 3, 32, 32)
     scripted = torch.jit.script(model)
     with torch.no_grad(), torch.jit.optimized_execution(False):  # skip the profiling runs
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_every_registered_model_is_built_from_the_scripted_kinds() -> None:
+    """No registered model uses a template, block or form that SCRIPTED leaves out."""
+    kinds = {(s.template, s.block, s.cardinality > 1) for s in map(get_spec, list_models())}
+    scripted = {(s.template, s.block, s.cardinality > 1)
+                for s in (get_spec(n) for n, _ in SCRIPTED)}  # fmt: skip
+    assert kinds <= scripted
 
 
 def test_torch_export_of_grouped_model() -> None:

@@ -6,9 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from resnext.cli import main
+from resnext.files.model_file import read_model_file
 from resnext.models.design import design_width
 from resnext.models.zoo import get_spec, model_name, parse_name
 from resnext.study.grid import PRESETS, StudyConfig, grid, members, run_config
@@ -118,10 +121,18 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path):
     assert message in err and err.count("\n") == 1
 
 
-def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
+def _final(run: Path) -> list[float]:
+    """A run's last epoch, read straight from its metrics.jsonl."""
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    return [last[k] for k in ("val_top1_error", "train_top1_error", "images_per_second")]
+
+
+def test_tiny_study_of_two_seeds_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
+    """Two members, two seeds: each seed trains its own run, and the report's mean, standard
+    deviation and Welch standard error of the difference equal numpy's from the runs' files."""
     argv = ["study", "--template", "resnext11_1x64d_p16", "--recipe", "tiny",
-            "--cardinalities", "1,2", "--seeds", "1", "--epochs", "1",
-            "--set", "train_limit=64", "--set", "val_limit=32", "--out", str(tmp_path)]  # fmt: skip
+            "--cardinalities", "1,2", "--seeds", "2", "--epochs", "1",
+            "--set", "train_limit=32", "--set", "val_limit=64", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| cardinality | resnext11_2x40d_p16 | 2 | 40 | 20 |" in printed  # grid before training
@@ -130,20 +141,37 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys, caplog):
         assert (tmp_path / name).stat().st_size > 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert [m["label"] for m in results["members"]] == ["1x64d", "2x40d"]
-    assert all(m["seeds_finished"] == 1 for m in results["members"])
-    assert results["unfinished"] == []
-    assert 0 <= results["members"][1]["final_error"]["mean"] <= 100
-    assert results["base"] == "1x64d" and results["members"][0]["vs_base"] is None
-    delta = results["members"][1]["vs_base"]["delta"]
-    errors = [m["final_error"]["mean"] for m in results["members"]]
-    assert delta == pytest.approx(errors[1] - errors[0])
-    checkpoint = tmp_path / "cardinality-2x40d-seed0" / "last.pt"
+    assert all(m["seeds_finished"] == 2 for m in results["members"])
+    assert results["unfinished"] == [] and results["base"] == "1x64d"
+    runs = {label: [tmp_path / f"cardinality-{label}-seed{s}" for s in (0, 1)]
+            for label in ("1x64d", "2x40d")}  # fmt: skip
+    for a, b in runs.values():
+        assert [json.loads((r / "config.json").read_text())["seed"] for r in (a, b)] == [0, 1]
+        wa, wb = (read_model_file(r / "last.pt")["model"] for r in (a, b))
+        assert not torch.equal(wa["fc.weight"], wb["fc.weight"])  # two seeds, two runs
+    table = results["members"]
+    for m in table:
+        values = np.array([_final(r) for r in runs[m["label"]]])  # seeds x (val, train, img/s)
+        for col, key in enumerate(("final_error", "train_error", "images_per_second")):
+            assert m[key]["n"] == 2
+            assert m[key]["mean"] == pytest.approx(np.mean(values[:, col]), abs=1e-9)
+            assert m[key]["std"] == pytest.approx(np.std(values[:, col], ddof=1), abs=1e-9)
+    base, other = (np.array([_final(r)[0] for r in runs[k]]) for k in ("1x64d", "2x40d"))
+    assert table[0]["vs_base"] is None
+    vs = table[1]["vs_base"]
+    se = np.sqrt(np.var(base, ddof=1) / 2 + np.var(other, ddof=1) / 2)
+    assert vs["delta"] == pytest.approx(other.mean() - base.mean(), abs=1e-9)
+    assert vs["se"] == pytest.approx(se, abs=1e-9)
+    assert vs["z"] == (pytest.approx(vs["delta"] / se) if se > 0 else None)
+    f = table[1]["final_error"]
+    assert f"| {f['mean']:.2f} ± {f['std']:.2f} |" in (tmp_path / "results.md").read_text()
+    checkpoint = tmp_path / "cardinality-2x40d-seed1" / "last.pt"
     before = checkpoint.stat().st_mtime_ns
 
     caplog.set_level("INFO", logger="resnext.study.grid")
     assert main(argv) == 0
     assert checkpoint.stat().st_mtime_ns == before
-    assert "skip cardinality-2x40d-seed0: finished" in caplog.text
+    assert "skip cardinality-2x40d-seed1: finished" in caplog.text
 
 
 def _tiny_study(out: Path, *extra: str) -> list[str]:

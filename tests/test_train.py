@@ -1,6 +1,5 @@
 """A run learns, writes its directory, resumes exactly, and works from the command line."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -47,45 +46,6 @@ def test_short_run_learns_and_fills_the_run_directory(tmp_path):
     assert load_model(run / "last.pt").fc.out_features == 10
 
 
-def _weights(path):
-    return read_model_file(path)["model"]
-
-
-def _assert_same_run(a: Path, b: Path):
-    wa, wb = _weights(a / "last.pt"), _weights(b / "last.pt")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    rows = [
-        [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
-        for lines in ((d / "metrics.jsonl").read_text().splitlines() for d in (a, b))
-    ]
-    assert rows[0] == rows[1]
-
-
-def test_resume_is_exact(tmp_path, monkeypatch):
-    """2 epochs straight == stopped (after epoch 1, or inside epoch 2) + resumed."""
-    cfg = resolve_config("tiny", {"epochs": 2, "deterministic": True, "train_limit": 64})
-    train(cfg, tmp_path / "straight")
-    real = resnext.training.engine.train_step
-    for name, crash_at, step_ckpt, batch in (("epoch", 5, 0, 0), ("step", 6, 1, 1)):
-        calls = []
-
-        def crashing(*args, calls=calls, crash_at=crash_at, **kwargs):
-            calls.append(1)
-            if len(calls) == crash_at:  # 4 steps per epoch
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-
-        run = tmp_path / name
-        monkeypatch.setattr(resnext.training.engine, "train_step", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run)
-        ckpt = read_model_file(run / "last.pt")
-        assert (ckpt["epoch"], ckpt["batch"]) == (1, batch)
-        monkeypatch.setattr(resnext.training.engine, "train_step", real)
-        train(dataclasses.replace(cfg, checkpoint_steps=step_ckpt), run, resume="auto")
-        _assert_same_run(tmp_path / "straight", run)
-
-
 def test_cli_train_evaluate_plot(tmp_path, capsys, caplog):
     run = tmp_path / "run"
     args = ["train", "--recipe", "tiny", "--out", str(run), "--epochs", "1", "--seed", "1"]
@@ -101,14 +61,36 @@ def test_cli_train_evaluate_plot(tmp_path, capsys, caplog):
         == 0
     )
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 360 and 0 <= result["top1_error"] <= 100
-    assert result["top5_error"] <= result["top1_error"]
+    top1, top5 = _hand_count_on_digits(load_model(run / "best.pt"))
+    assert result["images"] == 360
+    assert result["top1_error"] == pytest.approx(top1) and result["top5_error"] == pytest.approx(
+        top5
+    )
     (run / "errors.png").unlink()
     assert main(["plot", str(run)]) == 0
     assert (run / "errors.png").stat().st_size > 0
     # Resuming a finished run with more epochs continues it.
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _hand_count_on_digits(model) -> tuple[float, float]:
+    """Top-1 and top-5 error (%) on the digits test split, counted here: scikit-learn's images
+    scaled to 0..255, the documented split (the first 360 of a permutation seeded 0), the
+    recipe's mean and std applied in numpy, ranks from numpy."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = torch.randperm(len(digits.target), generator=torch.Generator().manual_seed(0))[:360]
+    pixels = np.rint(digits.images[order.numpy()] * (255 / 16)).astype(np.uint8)
+    x = (pixels.astype(np.float32) / 255 - 0.305) / 0.376
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x[:, None])).numpy()
+    ranked = np.argsort(-logits, axis=1)
+    truth = digits.target[order.numpy()]
+    top1 = 100 * np.mean(ranked[:, 0] != truth)
+    top5 = 100 * np.mean(~(ranked[:, :5] == truth[:, None]).any(1))
+    return float(top1), float(top5)
 
 
 @pytest.mark.parametrize(
@@ -200,11 +182,9 @@ def test_eval_interpolation_is_validated_with_and_saved(tmp_path, monkeypatch, c
     assert resnext.load_model(out / "last.pt").preprocessing.interpolation == "bicubic"
 
 
-def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main([*RUN, "--out", str(run)]) == 0
+def test_out_holding_a_run_is_refused_unless_overwrite(tiny_run, capsys):
+    run = tiny_run
     before = _files(run)
-    capsys.readouterr()
     assert main([*RUN, "--model", "resnext20_2x32d_p16", "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"resnext: error: {run} already holds a run")
@@ -214,11 +194,9 @@ def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_resuming_a_finished_run_touches_nothing(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main([*RUN, "--out", str(run)]) == 0
+def test_resuming_a_finished_run_touches_nothing(tiny_run, capsys):
+    run = tiny_run
     before = _files(run)
-    capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "auto"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{run} is already finished (1 epochs)") and out.count("\n") == 1

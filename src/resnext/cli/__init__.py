@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from resnext.allocator import allocator_tuning_wanted, tune_allocator
-from resnext.cli import bench, files, models, study, training, weights
+from resnext.cli import bench, files, models, pack, study, training, weights
 from resnext.cli.common import Parser, UserError
 from resnext.errors import one_line
 from resnext.extras import MissingExtra
@@ -47,7 +47,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"
     )
-    for group in (models, training, study, files, bench, weights):
+    for group in (models, training, study, files, bench, weights, pack):
         group.add_commands(sub)
     return parser
 

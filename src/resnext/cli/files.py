@@ -1,7 +1,7 @@
 """`resnext evaluate`, `convert`, `export` and `predict`: the commands that read model files.
 
 Each takes any file `resnext.load_model` reads: a run's last.pt/best.pt, .safetensors, and
-torchvision / timm / pycls weight files.
+torchvision / timm / pycls weight files; evaluate and predict also run exported files.
 """
 
 from __future__ import annotations
@@ -64,9 +64,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Export a model file and check the result against eager PyTorch."""
     from resnext.files.export import check_suffix, export_checkpoint
 
-    if not args.tolerance >= 0:
+    if args.tolerance is not None and not args.tolerance >= 0:
         raise UserError(f"--tolerance must not be negative, got {args.tolerance:g}")
     check_suffix(args.format, args.out)
+    if args.precision == "int8":
+        return _export_int8(args)
+    if args.calibration or args.calibration_images:
+        raise UserError("--calibration is for --precision int8")
+    tolerance = 1e-4 if args.tolerance is None else args.tolerance
     dynamic, spatial = args.batch == "dynamic", args.spatial == "dynamic"
     diff = export_checkpoint(args.checkpoint, args.format, args.out, dynamic, spatial=spatial)
     # Shapes mean something for programs; a safetensors file holds weights only.
@@ -74,7 +79,29 @@ def cmd_export(args: argparse.Namespace) -> None:
         "" if args.format == "safetensors" else f", {args.batch} batch, {args.spatial} height/width"
     )
     print(f"wrote {args.out} ({args.format}{shape}); max abs diff to eager {diff:.3g}")
-    if not diff <= args.tolerance:
+    if not diff <= tolerance:
+        raise UserError(f"export check failed: max abs diff {diff:.3g} > {tolerance:g}")
+
+
+def _export_int8(args: argparse.Namespace) -> None:
+    """A QDQ int8 ONNX file; --tolerance (max abs logit diff) applies only when given."""
+    from resnext.files.export import export_int8
+
+    if args.format != "onnx":
+        raise UserError("--precision int8 writes onnx files only (--format onnx)")
+    if not args.calibration:
+        raise UserError("--precision int8 needs --calibration DIR (images to calibrate on)")
+    if args.batch == "static":
+        raise UserError("int8 exports have a dynamic batch (drop --batch static)")
+    if args.calibration_images is not None and args.calibration_images < 1:
+        raise UserError(f"--calibration-images must be positive, got {args.calibration_images}")
+    spatial = args.spatial == "dynamic"
+    r = export_int8(args.checkpoint, args.out, args.calibration, args.calibration_images, spatial)
+    print(f"wrote {args.out} (onnx int8 QDQ, dynamic batch, {args.spatial} height/width); on "
+          f"{r['images']} calibration images top-1 agrees with eager fp32 on "
+          f"{r['top1_agreement']:.2f}%, max abs logit diff {r['max_abs_diff']:.3g}")  # fmt: skip
+    if args.tolerance is not None and not r["max_abs_diff"] <= args.tolerance:
+        diff = r["max_abs_diff"]
         raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
 
 
@@ -98,7 +125,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 MODEL_FILE_HELP = (
     "last.pt/best.pt, .safetensors, a torchvision/timm/pycls weights file, an http(s):// or "
-    "file:// URL, torchvision:MODEL[.TAG] or timm:NAME.TAG"
+    "file:// URL, torchvision:MODEL[.TAG] or timm:NAME.TAG; evaluate and predict also run "
+    "the .onnx, TorchScript and .pt2 files `export` wrote"
 )
 
 
@@ -145,7 +173,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", choices=("dynamic", "static"), default="dynamic")
     p.add_argument("--spatial", choices=("dynamic", "static"), default="dynamic",
                    help="height and width (ONNX, exported-program); default dynamic")  # fmt: skip
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max abs diff allowed (default 1e-4; int8: not checked unless given)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: a QDQ ONNX file (post-training static quantization)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="int8: images, or class folders of images, to calibrate on",
+    )
+    p.add_argument("--calibration-images", type=int, metavar="N",
+                   help="int8: how many (spread over the classes; default 256)")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of images with a model file")

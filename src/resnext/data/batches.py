@@ -1,8 +1,10 @@
 """Batches: one permutation per (seed, epoch) of the *global* batch, each rank taking a contiguous
 slice, so a run sees the same batches whatever the number of processes.
 
-In-memory uint8 images are augmented a whole batch at a time as tensor ops; files are decoded per
-image by DataLoader workers, unreadable ones noted and left out of their batch.
+Files are decoded per image by DataLoader workers (decode, crop, flip, resize: uint8 out),
+unreadable ones noted and left out of their batch; the float work (jitter, lighting, CIFAR's
+pad-crop-flip, normalisation) runs on the whole batch on the training device, the same code
+for in-memory images and files.
 """
 
 from __future__ import annotations
@@ -19,13 +21,7 @@ from torch import Tensor
 from resnext.data.images import decode_image
 from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
 from resnext.data.preprocessing import Preprocessing
-from resnext.data.transforms import (
-    crop_flip,
-    draw_crop_flip,
-    eval_image,
-    normalize,
-    train_transform,
-)
+from resnext.data.transforms import batch_augment, eval_image, normalize, train_transform
 from resnext.errors import one_line
 
 if TYPE_CHECKING:  # the recipes' defaults call default_workers: no import cycle at run time
@@ -56,7 +52,8 @@ def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[Tens
 
 
 class PerImage(torch.utils.data.Dataset):
-    """One image at a time through `transform`, seeded by (seed, epoch, index) for resume.
+    """One image at a time through `transform`, seeded by (seed, epoch, index) for resume; a
+    transform with a `reduce` method takes part in decoding (`decode_image`'s `reduce`).
 
     Nothing raises out of `__getitem__`, so that a DataLoader worker never fails with an error
     that names no file: a bad file gives `(None, label, (path, reason, False))`, any other
@@ -71,14 +68,21 @@ class PerImage(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[Tensor | None, int, tuple[str, str, bool] | None]:
-        if self.seed is not None:
-            torch.manual_seed((self.seed * 100_003 + self.epoch) * 10_000_019 + i)
+        if self.seed is not None:  # the CPU generator only: torch.manual_seed also queues a
+            # seeding of each lazily initialised accelerator module (CUDA, XPU, MTIA), each with
+            # a formatted Python stack; from a DataLoader's deep stack that was a third of an
+            # epoch's time on one core (the draws here use only the CPU generator)
+            torch.default_generator.manual_seed((self.seed * 100_003 + self.epoch) * 10_000_019 + i)
         label = int(self.data.labels[i])
         if self.data.images is not None:
             return self.transform(self.data.images[i]), label, None
-        path = str(self.data.paths[i])
+        path = self.data.name(i)
         try:
-            image = decode_image(path, self.data.decode_channels)
+            source, path = self.data.open(i)
+            image = decode_image(
+                source, self.data.decode_channels, reduce=getattr(self.transform, "reduce", None),
+                max_pixels=self.data.max_pixels,
+            )  # fmt: skip
         except BAD_IMAGE_ERRORS as e:
             return None, label, (path, one_line(e), False)
         reason = too_small(image.size, self.data.min_size)
@@ -94,12 +98,13 @@ class LoaderError(ValueError):
     """Reading one image failed for a reason other than a bad file; names the file."""
 
 
-def collate_readable(items: list) -> tuple[Tensor | None, Tensor, list[tuple[str, str, bool]]]:
-    """Stack the readable images of a batch; list the others."""
-    good = [(x, y) for x, y, bad in items if bad is None]
-    x = torch.stack([x for x, _ in good]) if good else None
-    y = torch.tensor([y for _, y in good], dtype=torch.int64)
-    return x, y, [bad for _, _, bad in items if bad is not None]
+def collate_readable(items: list) -> tuple[Tensor | None, Tensor, Tensor, list]:
+    """Stack the readable images of a batch (uint8 from workers: a quarter of float32's bytes
+    across processes); their labels, their positions in the batch; the others listed."""
+    kept = [k for k, (_, _, bad) in enumerate(items) if bad is None]
+    x = torch.stack([items[k][0] for k in kept]) if kept else None
+    y = torch.tensor([items[k][1] for k in kept], dtype=torch.int64)
+    return x, y, torch.tensor(kept, dtype=torch.int64), [b for _, _, b in items if b is not None]
 
 
 def usable_cpus() -> int:
@@ -116,8 +121,9 @@ def default_workers(most: int = 4) -> int:
 
 def loader(
     dataset: PerImage, batches: list[Tensor], workers: int, pin: bool
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """A DataLoader over precomputed index batches; bad files are noted and left out.
+) -> Iterator[tuple[Tensor | None, Tensor, Tensor]]:
+    """A DataLoader over precomputed index batches: (images, labels, their positions in the
+    batch) for every batch, images None where none was readable; bad files are noted.
 
     However it ends (done, an error, or the consumer stops early), its workers are shut down
     here: they ignore SIGTERM (below), so multiprocessing's exit handler, which terminates
@@ -134,13 +140,12 @@ def loader(
         )
     )
     try:
-        for x, y, bad in it:
+        for x, y, kept, bad in it:
             for path, reason, fatal in bad:
                 if fatal:
                     raise LoaderError(f"cannot load {path}: {reason}")
                 note_bad(dataset.data, path, reason)
-            if x is not None:
-                yield x, y
+            yield x, y, kept
     except RuntimeError as e:  # the DataLoader's own: a worker killed, or it timed out
         raise LoaderError(f"a data loader worker failed: {one_line(e)}{_kill_hint(it)}") from None
     finally:
@@ -176,8 +181,9 @@ def _leave_stop_signals_to_main(worker: int) -> None:
 
 
 def smallest_image(cfg: TrainConfig) -> int:
-    """The shortest image side the training transform takes: crop_flip cuts a `train_size` crop
-    from the image padded by `pad`; the other augmentations resize, so any size will do."""
+    """The shortest image side training takes: crop_flip brings images to `train_size` and cuts
+    a crop padded by `pad`, and an image below `train_size - 2 * pad` is more likely a thumbnail
+    or a mistake than a picture; the other augmentations resize, so any size will do."""
     return max(cfg.train_size - 2 * cfg.pad, 1) if cfg.augment == "crop_flip" else 1
 
 
@@ -187,32 +193,39 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 
 def train_batches(
-    data: ImageSet, cfg: TrainConfig, epoch: int, start: int, rank: int, world: int
+    data: ImageSet,
+    cfg: TrainConfig,
+    epoch: int,
+    start: int,
+    rank: int,
+    world: int,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """The training batches of `epoch` for this rank, from batch `start` on (for resume).
+    """The training batches of `epoch` for this rank, from batch `start` on (for resume), on
+    `device` (default: where in-memory images sit, else the CPU).
 
-    In-memory images are augmented a whole batch at a time where they sit (on the GPU if moved
-    there); the random draws cover the global batch, so they do not depend on the world size.
+    Per image, loader workers decode files (or slice in-memory images for the inception crop)
+    and cut the crop (`train_transform`); then `batch_augment` runs on the whole uint8 batch on
+    the device, drawn from the step's generator for the global batch, so its draws depend
+    neither on the world size nor on which files were bad. In-memory images of crop_flip and
+    none recipes skip the workers: they are at `train_size` already.
     """
     batches = train_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world)[start:]
-    if data.images is None or cfg.augment == "inception":
-        transform = train_transform(
-            cfg.augment, cfg.train_size, cfg.pad, cfg.hflip, cfg.color_jitter, cfg.lighting,
-            cfg.mean, cfg.std,
-        )  # fmt: skip
-        ds = PerImage(data, transform, seed=cfg.seed)
+    if device is None:
+        device = data.images.device if data.images is not None else torch.device("cpu")
+    local = torch.arange(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    if data.images is not None and cfg.augment != "inception":
+        read = ((data.images[b.to(data.images.device)], data.labels[b], None) for b in batches)
+    else:
+        ds = PerImage(data, train_transform(cfg.augment, cfg.train_size, cfg.hflip), cfg.seed)
         ds.epoch = epoch
-        yield from loader(ds, batches, cfg.workers, data.labels.is_cuda)
-        return
-    local = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    for step, b in enumerate(batches, start):
-        b = b.to(data.images.device)
-        x = normalize(data.images[b], cfg.mean, cfg.std)
-        if cfg.augment == "crop_flip":
-            gen = step_generator(cfg.seed, epoch, step)
-            oy, ox, flip = draw_crop_flip(cfg.batch_size, cfg.pad, cfg.hflip, gen)
-            x = crop_flip(x, cfg.pad, oy[local], ox[local], flip[local])
-        yield x, data.labels[b]
+        read = loader(ds, batches, cfg.workers, device.type == "cuda")
+    for step, (x, y, kept) in enumerate(read, start):
+        if x is None:  # every image of the batch was bad
+            continue
+        where = local if kept is None else local[kept]
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield batch_augment(x, cfg, step_generator(cfg.seed, epoch, step), where), y
 
 
 def eval_batches(
@@ -234,8 +247,9 @@ def eval_batches(
         return
     view = functools.partial(eval_image, **_geometry(pre), ten_crop=ten_crop)
     ds = PerImage(data, view)
-    for x, y in loader(ds, batches, workers, torch.cuda.is_available()):
-        yield normalize(x.to(_device(), non_blocking=True), pre.mean, pre.std), y
+    for x, y, _ in loader(ds, batches, workers, torch.cuda.is_available()):
+        if x is not None:
+            yield normalize(x.to(_device(), non_blocking=True), pre.mean, pre.std), y
 
 
 def _geometry(pre: Preprocessing) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Datasets by their `--dataset` name: image folder (folders.py), CIFAR-10/100 python format,
-scikit-learn digits; and the one rule for which held-out split is read.
+"""Datasets by their `--dataset` name: image folder (folders.py), WebDataset shards (shards.py),
+parquet files (parquet.py), CIFAR-10/100 python format, scikit-learn digits; and the one rule for
+which held-out split is read.
 
 Every set is an `ImageSet` (imageset.py); batches.py turns it into batches.
 """
@@ -12,13 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnext.data.folders import decode_once, load_folder
+from resnext.data import parquet, shards
+from resnext.data.folders import load_folder
+from resnext.data.images import MAX_PIXELS
 from resnext.data.imageset import BAD_IMAGE_ERRORS, BadImageError, ImageSet, note_bad
+from resnext.data.memory import decode_once
 
 __all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
            "load_dataset", "note_bad"]  # fmt: skip
 
 SPLITS = ("train", "val", "test", "auto")
+FILE_DATASETS = ("folder", "wds", "parquet")  # images read from files, at any size
+SHARDED = {"wds": shards, "parquet": parquet}  # their held-out split is named "validation"
 
 
 def load_dataset(
@@ -29,12 +35,17 @@ def load_dataset(
     download: bool = False,
     bad_images: str = "skip",
     min_size: int = 1,
+    size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> ImageSet:
     """Load `split` of a dataset by its `--dataset` name.
 
-    `split` is "train", "val", "test" or "auto" (the held-out split `held_out_split` picks);
-    the returned set's `split` names the one read. Images whose shorter side is below
-    `min_size` are bad images (skipped or fatal as `bad_images` says).
+    `split` is "train", "val", "test" or "auto" (the held-out split `held_out_split` picks;
+    "val" is the "validation" split of shards); the returned set's `split` names the one read.
+    Images whose shorter side is below `min_size` are bad images (skipped or fatal as
+    `bad_images` says), as are those of more than `max_pixels` pixels. Images decoded into
+    memory are brought to `size` x `size` (shorter side resized, centre crop) when `size` is
+    given (memory.py).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -45,7 +56,11 @@ def load_dataset(
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, split, download)
     if name == "folder":
-        return load_folder(root, split, in_memory, bad_images, min_size)
+        return load_folder(root, split, in_memory, bad_images, min_size, size, max_pixels)
+    if name == "wds":
+        return shards.load_wds(root, split, in_memory, bad_images, min_size, size, max_pixels)
+    if name == "parquet":
+        return parquet.load_parquet(root, split, in_memory, bad_images, min_size, size, max_pixels)
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -53,11 +68,19 @@ def held_out_split(name: str, root: str, asked: str = "auto") -> str:
     """The held-out split to evaluate on: "val" or "test".
 
     A folder may hold val/, test/ or both: "auto" takes val/ (the split for choosing a model;
-    test/ stays untouched until asked for), else test/. CIFAR and digits have one held-out
-    split, their test set.
+    test/ stays untouched until asked for), else test/. Shards name theirs "validation" (read
+    for "auto" and "val") and "test". CIFAR and digits have one held-out split, their test set.
     """
     if asked not in ("auto", "val", "test"):
         raise ValueError(f"the held-out split is 'val' or 'test', got {asked!r}")
+    if name in SHARDED:
+        present = SHARDED[name].held_out_splits(root)
+        if not present:
+            raise ValueError(f"no validation or test {name} shards in {root!r}")
+        want = present[0] if asked == "auto" else "test" if asked == "test" else "validation"
+        if want not in present:
+            raise ValueError(f"no {want} {name} shards in {root} (it holds {', '.join(present)})")
+        return want
     if name != "folder":
         if asked == "val":
             raise ValueError(f"{name} has no val split; its held-out split is test")
@@ -71,6 +94,20 @@ def held_out_split(name: str, root: str, asked: str = "auto") -> str:
     if asked not in present:
         raise ValueError(f"no {asked} folder in {root} (it holds {', '.join(present)})")
     return asked
+
+
+def splits_present(name: str, root: str) -> list[str]:
+    """Every split a file data set holds, training first (what `pack` copies)."""
+    if name == "folder":
+        found = [s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
+        if not found:
+            why = "it does not exist" if not Path(root).exists() else "expected train/<class>/"
+            raise ValueError(f"no train, val or test folder in {root!r} ({why})")
+        return found
+    if name in SHARDED:
+        held_out = SHARDED[name].held_out_splits(root)
+        return ["train", *("val" if s == "validation" else s for s in held_out)]
+    raise ValueError(f"only {', '.join(FILE_DATASETS)} data sets can be packed, not {name!r}")
 
 
 def load_digits(split: str) -> ImageSet:

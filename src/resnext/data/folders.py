@@ -1,46 +1,112 @@
 """Image folders in the ImageNet layout, `root/<split>/<class>/.../<image>`, as torchvision's
 ImageFolder reads them: class folders sorted, images found recursively in sorted order.
 
-Small images are decoded once and held in memory as uint8, so that CPU epochs are bound by
-compute; large ones (ImageNet) are decoded per image by DataLoader workers. Every image goes
-through the one decoder, `data.images.decode_image`, as in evaluate and predict.
+Symbolic links are followed, but each real file is read once however links reach it: a link
+loop (`ln -s . loop`) or a second link to a folder already read is skipped with one warning.
+Small images are then held in memory (memory.py); every image goes through the one decoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
 
-from resnext.data.images import IMAGE_SUFFIXES, decode_image
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
-from resnext.errors import one_line
+from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
+from resnext.data.imageset import ImageSet, note_bad
+from resnext.data.memory import hold_small
 
 log = logging.getLogger("resnext.data.datasets")
 
-SMALL_IMAGE = 64  # in_memory="auto" decodes into memory when images are at most this size
 
-
-def class_files(folder: Path) -> list[Path]:
+def class_files(folder: Path, claimed: set[str] | None = None,
+                owners: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
     """Every file under a class folder, recursively (symlinks followed), in ImageFolder's order;
-    hidden files and folders are left out."""
-    walked = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        walked.append((root, names))
-    return [Path(root) / n for root, names in sorted(walked) for n in sorted(names)
-            if not n.startswith(".")]  # fmt: skip
+    hidden files and folders are left out, and each real file and folder is read once.
+
+    `claimed` holds the real paths already read (by earlier classes; updated here); a file that
+    really lies in another class folder of `owners` (real path -> folder) is left to it.
+    """
+    claimed = set() if claimed is None else claimed
+    mine = os.path.realpath(folder)
+    walked = list(_walk(str(folder), {mine}))
+    files, elsewhere = [], 0
+    for root, real_root, names in sorted(walked):
+        for n, link in sorted(names):
+            path = os.path.join(root, n)
+            real = os.path.realpath(path) if link else os.path.join(real_root, n)
+            inside = real.startswith(mine + os.sep)  # the usual case, without a walk up
+            owner = mine if inside else _owner(real, owners or {})
+            if real in claimed or owner not in (None, mine):
+                elsewhere += 1
+                continue
+            claimed.add(real)
+            files.append(Path(path))
+    if elsewhere:
+        log.warning("skipping %d files that links in %s lead to, read once already or held by "
+                    "another class folder", elsewhere, folder)  # fmt: skip
+    return files
+
+
+def _walk(top: str, seen: set[str]) -> Iterator[tuple[str, str, list[tuple[str, bool]]]]:
+    """(folder, its real path, [(file name, is a link)]) for `top` and every folder below it,
+    links followed once each (`_new_folder`); hidden files and folders left out.
+
+    os.scandir tells links apart without a system call per file (os.walk does not say).
+    """
+    stack = [top]
+    while stack:
+        root = stack.pop()
+        files, dirs = [], []
+        try:
+            with os.scandir(root) as entries:
+                for e in entries:
+                    if not e.name.startswith("."):
+                        (dirs if e.is_dir() else files).append((e.name, e.is_symlink()))
+        except OSError:  # unreadable folder: nothing in it is read (as os.walk does)
+            continue
+        yield root, os.path.realpath(root), files
+        # Real folders before links, so that a link to a folder read anyway is the one skipped.
+        dirs.sort(key=lambda d: (d[1], d[0]))
+        stack += reversed([os.path.join(root, d) for d, _ in dirs if _new_folder(root, d, seen)])
+
+
+def _owner(real: str, owners: dict[str, str]) -> str | None:
+    """The real class folder that holds the real path `real`, if any."""
+    for parent in Path(real).parents:
+        if str(parent) in owners:
+            return str(parent)
+    return None
+
+
+def _new_folder(root: str, name: str, seen: set[str]) -> bool:
+    """Whether `root/name` leads to a folder not read yet; a link that does not is noted once.
+
+    A link up to the folder itself or above it (`ln -s . loop`, `ln -s .. up`) is a loop even
+    when the folder it leads to was never read: following it would reach other classes.
+    """
+    path = os.path.join(root, name)
+    target, here = os.path.realpath(path), os.path.realpath(root)
+    loop = here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+    if not loop and target not in seen:
+        seen.add(target)
+        return True
+    what = "a symbolic-link loop" if loop else "a second way to a folder read once already"
+    log.warning("skipping %s: %s leads to %s", what, path, target)
+    return False
 
 
 def load_folder(
-    root: str, split: str, in_memory: str = "auto", bad_images: str = "skip", min_size: int = 1
+    root: str,
+    split: str,
+    in_memory: str = "auto",
+    bad_images: str = "skip",
+    min_size: int = 1,
+    size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> ImageSet:
     """`root/<split>/<class>/...`; `split` is "train", "val" or "test".
 
@@ -51,23 +117,24 @@ def load_folder(
     if not base.is_dir():
         why = f"{root} does not exist" if not Path(root).exists() else f"expected {base}/<class>/"
         raise ValueError(f"no {split} folder in {root!r} ({why})")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A class folder that is a link up to the split folder or above is a loop, not a class.
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and _new_folder(str(base), p.name, set()))  # fmt: skip
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
     data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size)  # fmt: skip
-    paths, labels = [], []
+                    min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
+    paths, labels, claimed = [], [], set()
+    owners = {os.path.realpath(base / c): c for c in classes}
     for i, c in enumerate(classes):
-        for p in class_files(base / c):
+        for p in class_files(base / c, claimed, owners):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(p)
                 labels.append(i)
             else:
                 note_bad(data, str(p), "not an image file")
     data.labels, data.paths = torch.tensor(labels, dtype=torch.int64), paths
-    if in_memory == "yes" or (in_memory == "auto" and _is_small(data)):
-        data.images, kept = _decode_all(data)
-        data.labels, data.paths = data.labels[kept], None
+    hold_small(data, in_memory)
     counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if len(empty) == len(classes):
@@ -75,80 +142,3 @@ def load_folder(
     if empty:
         raise ValueError(f"class folder {base / empty[0]} holds no readable images")
     return data
-
-
-def _is_small(data: ImageSet) -> bool:
-    """Whether the first usable image is small enough to hold the set in memory."""
-    for p in data.paths or []:
-        try:
-            with Image.open(p) as im:
-                size = im.size
-        except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), one_line(e))
-            continue
-        reason = too_small(size, data.min_size)
-        if reason is None:
-            return max(size) <= SMALL_IMAGE
-        note_bad(data, str(p), reason)
-    return False
-
-
-_decoded: dict | None = None  # set by `decode_once`
-
-
-@contextlib.contextmanager
-def decode_once() -> Iterator[None]:
-    """Within this block each image folder is decoded once per process: a study trains many
-    runs on one data set, and decoding 60,000 JPEGs takes about a minute."""
-    global _decoded
-    _decoded = {}
-    try:
-        yield
-    finally:
-        _decoded = None
-
-
-def _decode_all(data: ImageSet) -> tuple[Tensor, Tensor]:
-    """Every usable image as uint8 (N, C, H, W), and the indices of those read."""
-    key = (tuple(str(p) for p in data.paths or []), data.on_bad, data.min_size)
-    if _decoded is not None and key in _decoded:
-        images, kept, bad = _decoded[key]
-        for path, reason in bad:
-            note_bad(data, path, reason)
-        return images, kept
-    bad_before = set(data.bad)
-    images, kept = _decode_files(data)
-    if _decoded is not None:
-        bad = [(b, "unreadable (decoded earlier in this process)") for b in data.bad - bad_before]
-        _decoded[key] = (images, kept, bad)
-    return images, kept
-
-
-def _decode_files(data: ImageSet) -> tuple[Tensor, Tensor]:
-    paths = data.paths or []
-    log.info("decoding %d images into memory", len(paths))
-    out, kept, first = None, [], None
-    for i, p in enumerate(paths):
-        try:
-            image = decode_image(p, data.decode_channels)
-        except BAD_IMAGE_ERRORS as e:
-            note_bad(data, str(p), one_line(e))
-            continue
-        reason = too_small(image.size, data.min_size)
-        if reason is not None:
-            note_bad(data, str(p), reason)
-            continue
-        arr = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
-        if out is None:
-            out, first = np.empty((len(paths), *arr.shape), dtype=np.uint8), p
-        if arr.shape != out.shape[1:]:
-            raise ValueError(
-                f"{p} is {arr.shape[1]}x{arr.shape[0]} px, {first} is {out.shape[2]}x"
-                f"{out.shape[1]}: images held in memory share one size (set in_memory=no)"
-            )
-        out[len(kept)] = arr
-        kept.append(i)
-    if out is None:
-        out = np.empty((0, 1, 1, data.decode_channels), dtype=np.uint8)
-    images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(kept, dtype=torch.int64)

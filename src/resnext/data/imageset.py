@@ -1,5 +1,8 @@
 """`ImageSet`, the one in-memory form of every data set, and the rule for bad image files.
 
+An image that is not held in memory is reached by its index through `ImageSet.open`: a file
+path (folders) or the bytes of a record in a shard (`Records`: data/shards.py, data/parquet.py).
+
 A bad file (unreadable, not an image, or smaller than the training crop needs) is skipped with
 one warning naming it and counted, or fatal with bad_images="error": the same rule whether the
 image is decoded into memory now or by a DataLoader worker later.
@@ -8,13 +11,17 @@ image is decoded into memory now or by a DataLoader worker later.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+from resnext.data.images import MAX_PIXELS
 
 log = logging.getLogger("resnext.data.datasets")
 
@@ -26,28 +33,73 @@ class BadImageError(ValueError):
     """A bad image file while bad_images="error"."""
 
 
+class NamedBytes(io.BytesIO):
+    """An encoded image in memory that PIL's errors name by its record (not by an address)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.record = name
+
+    def __repr__(self) -> str:
+        return self.record
+
+
+class Records(Protocol):
+    """Encoded images reached by index, in the set's order: one seek and read per image."""
+
+    def __len__(self) -> int: ...
+
+    def name(self, i: int) -> str:
+        """What warnings print for record `i`, e.g. `SHARD.tar:KEY` or `FILE.parquet:ROW`."""
+        ...
+
+    def read(self, i: int) -> bytes:
+        """The encoded image of record `i` (raises OSError when it cannot be read)."""
+        ...
+
+    def take(self, keep: list[int]) -> Records:
+        """The records at `keep`, in that order."""
+        ...
+
+
 @dataclass
 class ImageSet:
-    """Labelled images: decoded uint8 `images` (N, C, H, W) in memory, or file `paths`.
+    """Labelled images: decoded uint8 `images` (N, C, H, W) in memory, file `paths`, or
+    `records` in shards; `open(i)` reaches the last two alike.
 
     `split` names the split read ("train", "val" or "test"). `bad` holds the bad files met so
     far (skipped, or fatal when `on_bad` is "error"); an image whose shorter side is below
-    `min_size` is bad too (the training crop cannot be cut from it). Files decode to
-    `decode_channels` channels.
+    `min_size` is bad too (the training crop cannot be cut from it), and so is one of more
+    than `max_pixels` pixels (read from its header). Files decode to `decode_channels` channels.
     """
 
     classes: list[str]
     labels: Tensor
     images: Tensor | None = None
     paths: list[Path] | None = None
+    records: Records | None = None
     bad: set[str] = field(default_factory=set)
     on_bad: str = "skip"
     split: str = ""
     min_size: int = 1
     decode_channels: int = 3
+    max_pixels: int = MAX_PIXELS
+    memory_size: int | None = None  # images decoded into memory are brought to this size
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def open(self, i: int) -> tuple[str | Path | IO[bytes], str]:
+        """Image `i` as (what `images.decode_image` reads, the name warnings print)."""
+        if self.records is not None:
+            name = self.records.name(i)
+            return NamedBytes(self.records.read(i), name), name
+        path = self.paths[i]
+        return path, str(path)
+
+    def name(self, i: int) -> str:
+        """The name warnings print for image `i`, without reading it."""
+        return self.records.name(i) if self.records is not None else str(self.paths[i])
 
     @property
     def channels(self) -> int:
@@ -70,7 +122,10 @@ class ImageSet:
         keep = order[(rank * len(self.classes) + labels).argsort()[:limit]].sort().values
         images = None if self.images is None else self.images[keep]
         paths = None if self.paths is None else [self.paths[i] for i in keep.tolist()]
-        return dataclasses.replace(self, labels=self.labels[keep], images=images, paths=paths)
+        records = None if self.records is None else self.records.take(keep.tolist())
+        return dataclasses.replace(
+            self, labels=self.labels[keep], images=images, paths=paths, records=records
+        )
 
 
 def note_bad(data: ImageSet, path: str, reason: str) -> None:

@@ -98,6 +98,22 @@ class Preprocessing:
         v = eval_views(x, self.resize, self.crop, ten_crop, self.interpolation)
         return normalize(v, self.mean, self.std)
 
+    def contract(self) -> str:
+        """What a client must do to an image, in words: stored in every exported file ("input")
+        and followed by docs/onnx_client.py (Pillow's resize gives the same pixels within the
+        tolerance tests/test_int8.py states)."""
+        colour = "RGB" if self.channels == 3 else "grey (ITU-R 601 luma, PIL mode L)"
+        antialias = "" if self.interpolation == "nearest" else ", antialiased"
+        return (
+            f"decode the image, apply its EXIF orientation, convert to {colour} (alpha dropped); "
+            f"resize so the shorter side is {self.resize} px ({self.interpolation}{antialias}, "
+            f"as PIL's Image.resize; the longer side rounded down; skipped if already {self.resize}); "
+            f"centre crop {self.crop}x{self.crop} (offset round((side - {self.crop}) / 2)); "
+            f"scale to [0, 1] (divide by 255); subtract mean {list(self.mean)} and divide by "
+            f"std {list(self.std)} per channel; float32, NCHW, input 'x'; output 'logits' "
+            "(softmax for probabilities)"
+        )
+
     def transform(self):
         """The evaluation transform: a decoded PIL image (or uint8 tensor) -> input tensor."""
         return EvalTransform(self)

@@ -1,25 +1,27 @@
-"""Augmentation and evaluation transforms: whole-batch tensor ops for in-memory images,
-a per-image torchvision pipeline for large ones (random-resized crop, colour jitter, PCA lighting).
+"""Augmentation and evaluation transforms, in two stages (as NVIDIA's DALI recipes and timm's
+prefetcher split them): per image in loader workers, the geometry in uint8 (random-resized crop,
+flip, the evaluation resize); per batch where the batch sits, the float work (colour jitter, PCA
+lighting, normalisation, CIFAR's pad-crop-flip), drawn per (seed, epoch, step) so that resume
+replays it. Workers hand over uint8 (a quarter of float32's bytes) and the GPU, when there is
+one, does the arithmetic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resnext.data.images import image_tensor
-
-# PCA of ImageNet RGB pixels (AlexNet's lighting noise; fb.resnet.torch, which the paper used).
-EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
-EIGVEC = torch.tensor(
-    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
-)
+from resnext.data.photometric import draw_photometric, photometric
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -55,42 +57,103 @@ def crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, flip: Tensor) -> Tens
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-class Lighting:
-    """AlexNet-style PCA colour noise with standard deviation `alpha`, on a [0, 1] image."""
+def draw_resized_crop(
+    width: int, height: int, scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """Inception's crop (Szegedy et al.; section 4): (top, left, height, width) of a region of
+    `scale` of the area and aspect ratio in `ratio` (log-uniform), else the centre crop.
 
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
+    The same draws from the global generator, in the same order, as torchvision's
+    RandomResizedCrop: seeded alike, both cut the same box from an image of this size.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            return top, left, h, w
+    w, h = width, height  # the whole image, unless its ratio is outside `ratio`
+    if width / height < ratio[0]:
+        h = int(round(w / ratio[0]))
+    elif width / height > ratio[1]:
+        w = int(round(h * ratio[1]))
+    return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, img: Tensor) -> Tensor:
-        rgb = EIGVEC @ (torch.randn(3) * self.alpha * EIGVAL)
-        return img + rgb.view(3, 1, 1).to(img.dtype)
+
+def draft_factor(crop_height: int, crop_width: int, size: int) -> int:
+    """The largest 1/2^k scale (8 at most) at which a crop still holds `size` pixels each way,
+    so that resizing it to `size` still only shrinks."""
+    return next((s for s in (8, 4, 2) if min(crop_height, crop_width) >= s * size), 1)
 
 
-def train_transform(
-    kind: str,
-    size: int,
-    pad: int,
-    hflip: bool,
-    jitter: float,
-    lighting: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> v2.Compose:
-    """The per-image training pipeline (PIL image or uint8 tensor in, normalised float out)."""
-    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    flip = [v2.RandomHorizontalFlip()] if hflip else []
+class InceptionCrop:
+    """Per image, in loader workers: the random-resized crop at `size` and a flip, uint8 out.
+
+    Used with `decode_image(..., reduce=view.reduce)`, the crop is drawn on the upright
+    full-size geometry before decoding (so the box is the one torchvision would draw), and a
+    JPEG decodes at 1/2, 1/4 or 1/8 scale when the crop is that many times the output size;
+    the box is then resized from that scale exactly (fractional edges: PIL's resize with a
+    box). Called on a uint8 tensor, it draws and cuts at full size.
+    """
+
+    def __init__(self, size: int, hflip: bool) -> None:
+        self.size, self.hflip = size, hflip
+        self._drawn: tuple[tuple[int, int, int, int], bool] | None = None
+
+    def draw(self, width: int, height: int) -> tuple[tuple[int, int, int, int], bool]:
+        box = draw_resized_crop(width, height)
+        return box, self.hflip and bool(torch.rand(1).item() < 0.5)  # v2.RandomHorizontalFlip
+
+    def reduce(self, width: int, height: int) -> int:
+        """Draw the crop on the full geometry now; allow the decode to shrink as far as it may."""
+        self._drawn = self.draw(width, height)
+        return draft_factor(self._drawn[0][2], self._drawn[0][3], self.size)
+
+    def __call__(self, image: Image.Image | Tensor) -> Tensor:
+        drawn, self._drawn = self._drawn, None
+        scale = 1 if isinstance(image, Tensor) else image.info.get("scale", 1)
+        if drawn is None:  # no `reduce` call: a tensor, or a caller that decoded in full
+            size = image.shape[:-3:-1] if isinstance(image, Tensor) else image.size
+            drawn = self.draw(*size)
+        (top, left, h, w), flip = drawn
+        if scale == 1:  # torchvision's uint8 resize (within 1 of PIL's), 5x faster than PIL's
+            x = image if isinstance(image, Tensor) else image_tensor(image)
+            x = TF.resize(x[..., top : top + h, left : left + w], [self.size] * 2, antialias=True)
+        else:  # PIL's resize takes the box at reduced scale exactly, fractions included
+            box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
+            x = image_tensor(image.resize((self.size, self.size), Image.BILINEAR, box=box))
+        return (x.flip(-1) if flip else x).contiguous()
+
+
+def train_transform(kind: str, size: int, hflip: bool) -> Callable:
+    """The per-image part of training, in loader workers (PIL image or uint8 tensor in, uint8
+    out): the inception crop and flip, or (crop_flip, none) the image brought to `size` as
+    evaluation brings it; `batch_augment` does the rest on the whole batch."""
     if kind == "inception":  # section 4: scale + aspect-ratio augmentation (Szegedy et al.)
-        steps = [v2.RandomResizedCrop(size, antialias=True), *flip]
-        steps += [v2.ColorJitter(jitter, jitter, jitter)] if jitter else []
-        steps += to_float + ([Lighting(lighting)] if lighting else [])
-        steps += [v2.Normalize(list(mean), list(std))]
-    elif kind == "crop_flip":
-        steps = [*to_float, v2.Normalize(list(mean), list(std))]
-        steps += [v2.RandomCrop(size, padding=pad or None), *flip]
-    else:
-        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_float]
-        steps += [v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+        return InceptionCrop(size, hflip)
+    return functools.partial(eval_image, resize=size, crop=size, ten_crop=False)
+
+
+def batch_augment(x: Tensor, cfg: Any, gen: torch.Generator, where: Tensor) -> Tensor:
+    """The per-batch part of training on a uint8 batch where it sits (the GPU when there is
+    one): drawn for the whole global batch from `gen`, one (seed, epoch, step)'s, and taken at
+    `where` (this rank's images that were read), so the draws do not depend on the world size
+    or on bad files. Colour jitter, lighting and normalisation (inception); normalisation, the
+    pad-crop-flip (crop_flip); normalisation only (none)."""
+    if cfg.augment == "inception":
+        p = draw_photometric(cfg.batch_size, cfg.color_jitter, cfg.lighting, gen)[where]
+        return photometric(x, p, cfg.color_jitter > 0, cfg.lighting > 0, cfg.mean, cfg.std)
+    x = normalize(x, cfg.mean, cfg.std)
+    if cfg.augment == "crop_flip":
+        oy, ox, flip = draw_crop_flip(cfg.batch_size, cfg.pad, cfg.hflip, gen)
+        x = crop_flip(x, cfg.pad, oy[where], ox[where], flip[where])
+    return x
 
 
 def eval_views(
@@ -100,14 +163,19 @@ def eval_views(
     shorter side to `resize` (antialiased; the longer side rounded down, as torchvision does),
     then the centre `crop`, or the ten crops (corners, centre and mirrors) in a new dim after N.
 
-    Resizing runs in float and rounds back to uint8, so one image and a batch holding it give
-    the same pixels whichever caller (predict, evaluate, export's check) asks.
+    On the CPU, uint8 images are resized as uint8 (torchvision's kernel: within 1 of PIL's
+    resize, the one torchvision's presets apply to PIL images, and 5-10x faster than in float);
+    elsewhere in float, rounded back to uint8 (also within 1 of PIL's). Images are resized one
+    by one either way, so an image gives the same pixels alone or in a batch.
     """
     if min(x.shape[-2:]) != resize:
         mode = TF.InterpolationMode(interpolation)
         antialias = mode != TF.InterpolationMode.NEAREST
-        x = TF.resize(x.float(), resize, interpolation=mode, antialias=antialias)
-        x = x.round().clamp(0, 255).to(torch.uint8)
+        if x.dtype == torch.uint8 and x.device.type == "cpu":
+            x = TF.resize(x, resize, interpolation=mode, antialias=antialias)
+        else:
+            x = TF.resize(x.float(), resize, interpolation=mode, antialias=antialias)
+            x = x.round().clamp(0, 255).to(torch.uint8)
     if ten_crop:
         return torch.stack(TF.ten_crop(x, crop), dim=x.dim() - 3)
     return TF.center_crop(x, crop)
@@ -116,9 +184,9 @@ def eval_views(
 def eval_image(
     img, resize: int, crop: int, ten_crop: bool, interpolation: str = "bilinear"
 ) -> Tensor:
-    """`eval_views` of one PIL image or uint8 tensor (for DataLoader workers)."""
+    """`eval_views` of one PIL image or uint8 tensor (for DataLoader workers), contiguous."""
     x = img if isinstance(img, Tensor) else image_tensor(img)
-    return eval_views(x, resize, crop, ten_crop, interpolation)
+    return eval_views(x, resize, crop, ten_crop, interpolation).contiguous()
 
 
 def eval_batch(

@@ -3,7 +3,10 @@
 Every format is reloaded after writing and run on a batch of a different size than the one used
 for export, and (with dynamic height and width) on a larger image, so a graph that silently fixed
 a dimension fails here, not in deployment. Class names and preprocessing travel with the file:
-ONNX metadata_props, TorchScript and .pt2 extra files ("resnext.json"), safetensors metadata.
+ONNX metadata_props, TorchScript and .pt2 extra files ("resnext.json"), safetensors metadata;
+the program formats also carry "input" (what a client must do to an image, in words) and
+"precision". int8 (ONNX only) is a QDQ file from inference/quantize.py, checked through the same
+reader `evaluate` and `predict` use, against eager fp32 on its calibration images.
 """
 
 from __future__ import annotations
@@ -205,6 +208,23 @@ def export_model(
     return diff
 
 
+def _source_model(checkpoint: str | os.PathLike) -> ResNeXt:
+    model = load_model(checkpoint)
+    if not isinstance(model, ResNeXt):
+        raise ValueError(f"{checkpoint} is an exported file; export from the checkpoint instead")
+    return model
+
+
+def file_metadata(model: ResNeXt, precision: str) -> dict[str, Any]:
+    """What every exported program file carries: the model's metadata, the input contract in
+    words (Preprocessing.contract) and the precision."""
+    return {
+        **model_metadata(model),
+        "input": model.preprocessing.contract(),
+        "precision": precision,
+    }
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     fmt: str,
@@ -217,6 +237,63 @@ def export_checkpoint(
 
     The example input is the model's own preprocessing crop unless `size` is given.
     """
-    model = load_model(checkpoint)
+    model = _source_model(checkpoint)
     side = size or model.preprocessing.crop
-    return export_model(model, fmt, out, side, dynamic, model_metadata(model), spatial)
+    meta = model_metadata(model) if fmt == "safetensors" else file_metadata(model, "fp32")
+    return export_model(model, fmt, out, side, dynamic, meta, spatial)
+
+
+@torch.no_grad()
+def export_int8(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    calibration: str | os.PathLike,
+    images: int | None = None,
+    spatial: bool = True,
+) -> dict[str, Any]:
+    """`resnext export --precision int8`: a QDQ ONNX file calibrated on images of a folder.
+
+    The file is reloaded through `load_model` (ONNX Runtime), run on a batch of another size
+    (and, with dynamic height and width, a larger image), and compared with eager fp32 on the
+    calibration images. Returns {"images", "top1_agreement" (percent), "max_abs_diff"}.
+
+    Args:
+        checkpoint: a model file `load_model` reads (weights, not an export).
+        out: the .onnx file to write.
+        calibration: a folder of images, or of class folders (spread over the classes).
+        images: how many calibration images (default: quantize.CALIBRATION_IMAGES).
+        spatial: dynamic height and width.
+    """
+    from resnext.inference.quantize import CALIBRATION_IMAGES, calibration_batches, quantize_onnx
+
+    check_suffix("onnx", out)
+    model = _source_model(checkpoint)
+    batches = calibration_batches(calibration, model.preprocessing, images or CALIBRATION_IMAGES)
+    out = Path(out)
+    try:
+        quantize_onnx(model, batches, out, file_metadata(model, "int8"), spatial)
+        deployed = load_model(out)
+        x = batches[0]
+        checks = [x[:CHECK_BATCH] if len(x) > CHECK_BATCH else torch.cat([x, x])]
+        if spatial:
+            checks.append(example_input(model, x.shape[-1] + CHECK_GROWTH, CHECK_BATCH))
+        for c in checks:
+            if deployed(c).shape != (len(c), model.spec.num_classes):
+                raise ValueError(
+                    f"the int8 file gave logits of the wrong shape for {tuple(c.shape)}"
+                )
+        ours = torch.cat([deployed(b) for b in batches])
+    except (ValueError, ImportError):
+        raise
+    except Exception as e:  # onnxruntime's quantizer and sessions raise their own kinds
+        log.debug("int8 export failed", exc_info=True)
+        raise ValueError(f"int8 onnx export of {out.name} failed: {one_line(e)}") from None
+    eager = torch.cat([model(b) for b in batches])
+    agree = (ours.argmax(1) == eager.argmax(1)).double().mean().item()
+    result = {
+        "images": len(eager),
+        "top1_agreement": 100 * agree,
+        "max_abs_diff": (ours - eager).abs().max().item(),
+    }
+    log.info("%s: int8 onnx written, %s", out, result)
+    return result

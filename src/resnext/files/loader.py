@@ -3,6 +3,7 @@
 One road for every caller (evaluate, predict, export, torch.hub, the Python API):
 
     source --resolve--> local file --read_model_file--> dict --import_state--> model
+                                   +--(.onnx, TorchScript, .pt2)--> files/exported.py
 
 `resolve` (files/model_file.py) is the one place where other kinds of sources join.
 """
@@ -13,11 +14,14 @@ import logging
 import os
 from typing import Any
 
+from torch import nn
+
 from resnext.data.preprocessing import Preprocessing, default_preprocessing
 from resnext.files.checkpoint import CheckpointError
 from resnext.files.convert import detect_source, import_state
-from resnext.files.model_file import read_model_file, resolve
+from resnext.files.model_file import EXPORTED, file_kind, read_model_file, resolve
 from resnext.models.model import ResNeXt
+from resnext.models.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +31,15 @@ def load_model(
     model_name: str | None = None,
     key: str | None = None,
     **overrides: Any,
-) -> ResNeXt:
+) -> ResNeXt | nn.Module:
     """The network a model file holds, in eval mode, weights loaded strictly.
 
     Reads resnext checkpoints (.pt from the trainer or `convert`), .safetensors (with resnext's
     metadata, or a bare state_dict), and bare or wrapped torchvision / timm / pycls state_dicts,
-    whose spec is read from the tensor shapes. The model carries what evaluation needs:
+    whose spec is read from the tensor shapes. The files `resnext export` writes (.onnx,
+    TorchScript, .pt2) come back as an `ExportedModel` that runs the file itself (ONNX through
+    ONNX Runtime), so what is evaluated is what is deployed. The model carries what evaluation
+    needs:
 
         model.spec           the ModelSpec it was built from
         model.preprocessing  a Preprocessing: the file's own, the one its source documents
@@ -49,19 +56,28 @@ def load_model(
         ValueError (CheckpointError): one line naming the file and what is wrong with it.
     """
     path = resolve(source)
+    if (fmt := file_kind(path)) in EXPORTED:
+        if model_name or key or overrides:
+            raise CheckpointError(f"{path} is an exported {fmt} file; it takes no model options")
+        from resnext.files.exported import load_exported
+
+        model, meta = load_exported(path, fmt)
+        model.preprocessing = _preprocessing(meta, path, model.spec)
+        return model.eval()
     obj = read_model_file(path)
     kind, source_name, documented = detect_source(obj, path)
     model, payload = import_state(
         kind, obj, path, model_name, source_name, key, documented, **overrides
     )
-    model.preprocessing = _preprocessing(payload, path, model)
+    model.preprocessing = _preprocessing(payload, path, model.spec)
     model.class_names = payload.get("class_names")
     model.source = payload.get("source")
     return model.eval()
 
 
-def _preprocessing(payload: dict[str, Any], path: os.PathLike, model: ResNeXt) -> Preprocessing:
-    spec = model.spec
+def _preprocessing(
+    payload: dict[str, Any], path: os.PathLike, spec: ModelSpec | None
+) -> Preprocessing:
     pre = payload.get("preprocessing")
     if not pre:
         default = default_preprocessing(spec)
@@ -71,10 +87,10 @@ def _preprocessing(payload: dict[str, Any], path: os.PathLike, model: ResNeXt) -
         )  # fmt: skip
         return default
     try:
-        out = Preprocessing.from_dict(pre, channels=spec.in_channels)
+        out = Preprocessing.from_dict(pre, channels=spec.in_channels if spec else None)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    if out.channels != spec.in_channels:
+    if spec is not None and out.channels != spec.in_channels:
         raise CheckpointError(
             f"{path}: preprocessing is for {out.channels} channels, the model takes "
             f"{spec.in_channels}"

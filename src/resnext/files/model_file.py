@@ -1,5 +1,8 @@
 """The one reader and writer of model files: .pt/.pth/.bin (torch) and .safetensors.
 
+`file_kind` also tells apart the files `resnext export` writes (ONNX, TorchScript, .pt2): they
+hold a program, not weights, and `load_model` runs them through files/exported.py.
+
 Nothing here executes code from a file: torch files are read with `weights_only=True`,
 safetensors files hold tensors and a JSON string only. What a file holds comes back as a
 checkpoint-like dict, whatever the format (`load_model` in files/loader.py builds the model):
@@ -78,7 +81,12 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     _check_regular(path)
-    kind = _sniff(path)
+    kind = file_kind(path)
+    if kind in EXPORTED:
+        raise CheckpointError(
+            f"{path} is an exported {kind} file, not weights: evaluate and predict run it; "
+            "other commands need the checkpoint it was exported from"
+        )
     if kind == "safetensors":
         return _read_safetensors(path)
     if kind is None:
@@ -102,11 +110,20 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
-def _sniff(path: Path) -> str | None:
-    """ "torch" (zip or legacy pickle), "safetensors" or None, from the first bytes."""
+EXPORTED = ("onnx", "torchscript", "exported-program")
+
+
+def file_kind(path: Path) -> str | None:
+    """ "torch" (zip or legacy pickle), "safetensors", "onnx" (by suffix: a protobuf has no
+    signature), "torchscript" or "exported-program" (zip archives holding code/ or
+    archive_format), or None, from the first bytes and the archive's names."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(b"PK") or head[:1] == b"\x80":
+    if path.suffix == ".onnx" and head:
+        return "onnx"
+    if head.startswith(b"PK"):
+        return _archive_kind(path)
+    if head[:1] == b"\x80":
         return "torch"
     if len(head) == 9 and head[8:9] == b"{":
         size = int.from_bytes(head[:8], "little")
@@ -118,6 +135,22 @@ def _sniff(path: Path) -> str | None:
     if not head:
         raise CheckpointError(f"{path} is empty, not a model file")
     return None
+
+
+def _archive_kind(path: Path) -> str:
+    """A zip's kind from its member names: torch.jit.save writes `<name>/code/`, torch.export.save
+    `<name>/archive_format`, torch.save neither (a damaged zip is left to torch.load to name)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "torch"
+    tails = {n.split("/", 1)[-1] for n in names}
+    if "archive_format" in tails:
+        return "exported-program"
+    if any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    return "torch"
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:

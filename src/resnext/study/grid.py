@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from resnext.data.datasets import decode_once
+from resnext.data.datasets import FILE_DATASETS, decode_once
 from resnext.models.blocks import bottleneck_width
 from resnext.models.complexity import meta_complexity
 from resnext.models.design import design_width
@@ -209,7 +209,7 @@ def run_config(study: StudyConfig, cli_overrides: dict[str, Any]) -> TrainConfig
     ):
         shape = {k: getattr(native, k) for k in _SHAPE_FIELDS if k not in cli_overrides}
         cfg = dataclasses.replace(cfg, **shape)
-    if cfg.dataset == "folder" and len(cfg.mean) != 3:
+    if cfg.dataset in FILE_DATASETS and len(cfg.mean) != 3:
         raise ValueError(
             f"an image folder decodes to 3 channels, but mean/std have {len(cfg.mean)} value(s): "
             "--set mean=R,G,B --set std=R,G,B"

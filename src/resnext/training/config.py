@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from resnext.data.batches import default_workers
+from resnext.data.images import MAX_PIXELS
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Interpolation, Preprocessing
 from resnext.models.blocks import Form
 from resnext.precision import Precision
 from resnext.training.fields import check_value, parse_value
 
-Dataset = Literal["folder", "cifar10", "cifar100", "digits"]
+Dataset = Literal["folder", "wds", "parquet", "cifar10", "cifar100", "digits"]
 Augment = Literal["crop_flip", "inception", "none"]
 Schedule = Literal["step", "cosine"]
 Optimizer = Literal["sgd", "adamw"]
@@ -51,6 +52,7 @@ class TrainConfig:
     download: bool = False
     in_memory: InMemory = "auto"
     bad_images: BadImages = "skip"  # bad image files: skip each with a warning, or stop
+    max_pixels: int = MAX_PIXELS  # more (read from the header) makes a bad image: a pixel bomb
     # Optimisation.
     epochs: int = 15
     batch_size: int = 64
@@ -114,7 +116,8 @@ class TrainConfig:
             object.__setattr__(
                 self, f.name, check_value(f.name, getattr(self, f.name), _hints()[f.name])
             )
-        positive = ("epochs", "batch_size", "lr_batch", "accum_steps", "train_size", "eval_crop")
+        positive = ("epochs", "batch_size", "lr_batch", "accum_steps", "train_size", "eval_crop",
+                    "max_pixels")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

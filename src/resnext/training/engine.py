@@ -150,7 +150,9 @@ def evaluate(
     Ten-crop batches (N, 10, C, H, W) are scored by the mean of the crops' softmax outputs.
     """
     model.eval()
-    device = next(model.parameters()).device
+    # an exported file (files/exported.py) has no parameters: it runs on the CPU
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     classes = 5
     for x, y in batches:

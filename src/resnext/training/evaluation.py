@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from resnext.data.batches import default_workers, eval_batches
-from resnext.data.datasets import load_dataset
+from resnext.data.datasets import FILE_DATASETS, load_dataset
 from resnext.files.loader import load_model
 from resnext.training.distributed import setup
 from resnext.training.engine import evaluate
@@ -33,7 +33,8 @@ def evaluate_checkpoint(
 
     Args:
         path: any model file `load_model` reads.
-        dataset: "folder", "cifar10", "cifar100" or "digits"; its validation/test split is used.
+        dataset: "folder", "wds", "parquet", "cifar10", "cifar100" or "digits"; its
+            validation/test split is used.
         data: the dataset's path.
         resize: shorter side before cropping; defaults to `crop` if that is given (Table 5's
             320x320 test), else to the model file's preprocessing.
@@ -47,9 +48,9 @@ def evaluate_checkpoint(
     model = load_model(path)
     pre = model.preprocessing.with_view(resize, crop)
     ctx = setup("auto")
-    # A folder is read file by file, each decoded to the model's channels (a grey model
-    # evaluates colour images as grey, as predict reads them).
-    val = load_dataset(dataset, data, split, in_memory="no" if dataset == "folder" else "auto")
+    # Files (a folder, shards) are read one by one, each decoded to the model's channels (a grey
+    # model evaluates colour images as grey, as predict reads them).
+    val = load_dataset(dataset, data, split, in_memory="no" if dataset in FILE_DATASETS else "auto")
     if val.images is None:
         val.decode_channels = pre.channels
     _check_classes(model, val.classes, path, f"{dataset} {data!r}")

@@ -163,7 +163,7 @@ def _train(
             steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps,
             sink=board.step_logger(epoch, steps_per_epoch),
         )  # fmt: skip
-        batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world)
+        batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world, ctx.device)
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
             with contextlib.closing(batches):  # an error mid-epoch stops the loader's workers
@@ -222,11 +222,18 @@ def _finished(ckpt: dict) -> dict[str, Any]:
 def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets; in-memory images move to the device once."""
     sets = []
+    # One size rule for crop_flip and none: images are brought to the training size as
+    # evaluation brings them (shorter side resized, centre crop), in memory or per file; the
+    # held-out set likewise when its view is square (eval_resize == eval_crop).
+    fixed = cfg.augment != "inception"
+    sizes = {"train": cfg.train_size if fixed else None}
+    sizes["auto"] = cfg.eval_crop if cfg.eval_resize == cfg.eval_crop else None
     for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
         smallest = smallest_image(cfg) if split == "train" else 1
         data = load_dataset(
-            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest
-        )
+            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest,
+            sizes[split], cfg.max_pixels,
+        )  # fmt: skip
         data = data.subset(limit)
         if data.images is not None:
             data.images, data.labels = data.images.to(ctx.device), data.labels.to(ctx.device)
@@ -242,6 +249,9 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
             f"images are {train_set.images.shape[-1]} px but train_size={cfg.train_size}; "
             "set train_size (and eval_resize, eval_crop) to match"
         )
+    if fixed and train_set.images is None:
+        log.info("training images are brought to %d px as evaluation brings them (shorter side "
+                 "resized to %d, centre crop)", cfg.train_size, cfg.train_size)  # fmt: skip
     if cfg.batch_size % (ctx.world * cfg.accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
     return train_set, val_set

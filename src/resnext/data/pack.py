@@ -1,0 +1,170 @@
+"""`resnext pack`: a data set written as WebDataset tar shards or as parquet files, once, so that a
+cluster's network file system serves a few large files instead of a million small ones.
+
+The encoded images are copied as they are (never re-encoded), in the set's order, so that the
+packed set gives the same batches as its source. Each split is written as `train`,
+`validation` (a folder's val/) and `test`, with the metadata the other readers of the format
+use: `_info.json` for timm's wds reader, the ClassLabel feature for Hugging Face `datasets`.
+Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad
+from resnext.errors import one_line
+
+log = logging.getLogger("resnext.data.pack")
+
+FORMATS = ("wds", "parquet")
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # folder -> packed
+
+
+def encoded(data: ImageSet) -> Iterator[tuple[int, bytes, str, str]]:
+    """(index, encoded bytes, format suffix, source name) of every readable image of `data`."""
+    for i in range(len(data)):
+        try:
+            source, name = data.open(i)
+            raw = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()
+            with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+                kind = (im.format or "").lower()
+        except BAD_IMAGE_ERRORS as e:
+            note_bad(data, data.name(i), one_line(e))
+            continue
+        yield i, raw, {"jpeg": "jpg", "tiff": "tif"}.get(kind, kind or "img"), name
+
+
+def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, size: int) -> dict:
+    """Write `data` as `split` shards of `size` samples; returns the split's entry of _info.json.
+
+    Shards are written as they fill (a shard's images in memory at a time); the parquet names'
+    "-of-NNNNN" is known at the end, when the finished files are renamed.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    done, lengths, chunk = [], [], []
+
+    def flush() -> None:
+        k = len(done)
+        if fmt == "wds":
+            path = out / f"{name}-{split}-{k:04d}.tar"
+        else:
+            path = out / "data" / f"{split}-{k:05d}.parquet.part"
+        _atomic(path, lambda f: (_write_tar if fmt == "wds" else _write_parquet)(f, chunk, data))
+        done.append(path)
+        lengths.append(len(chunk))
+        chunk.clear()
+
+    for record in encoded(data):
+        chunk.append(record)
+        if len(chunk) == size:
+            flush()
+    if chunk:
+        flush()
+    if not done:
+        raise ValueError(f"no readable images in the {data.split} split to pack")
+    if fmt == "parquet":
+        final = [
+            p.with_name(f"{split}-{k:05d}-of-{len(done):05d}.parquet") for k, p in enumerate(done)
+        ]
+        for p, q in zip(done, final):
+            os.replace(p, q)
+        done = final
+    log.info("%s: %d images in %d %s files", split, sum(lengths), len(done), fmt)
+    return {"name": split, "num_samples": sum(lengths),
+            "filenames": [p.relative_to(out).as_posix() for p in done],
+            "shard_lengths": lengths}  # fmt: skip
+
+
+def pack_dataset(
+    dataset: str, root: str, fmt: str, out: str, name: str = "", size: int = 1000
+) -> dict[str, dict]:
+    """Pack every split of a data set (folder, wds or parquet) into `out` as `fmt`.
+
+    Returns {split: its _info.json entry}. `out` must be new or empty: a packed set is never
+    mixed with the files of another.
+    """
+    from resnext.data.datasets import load_dataset, splits_present
+
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"--out {out} is not an empty folder (pack writes a new data set)")
+    if size < 1:
+        raise ValueError(f"--shard-size must be positive, got {size}")
+    name = name or Path(root).resolve().name
+    sources = [
+        (s, load_dataset(dataset, root, s, in_memory="no")) for s in splits_present(dataset, root)
+    ]
+    classes = sources[0][1].classes
+    splits = {}
+    for split, data in sources:
+        if data.classes != classes:
+            raise ValueError(
+                f"the {split} split of {root} has other classes than the {sources[0][0]} split"
+            )
+        packed = SPLIT_NAMES.get(split, split)
+        splits[packed] = pack_split(data, fmt, target, name, packed, size)
+    if fmt == "wds":
+        write_info(target, name, classes, splits)
+    return splits
+
+
+def write_info(out: Path, name: str, classes: list[str], splits: dict[str, dict]) -> None:
+    """`_info.json` as timm's wds reader reads it (name, splits), plus our class names."""
+    info = {"name": name, "classes": list(classes), "splits": splits}
+    _atomic(out / "_info.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+
+
+def _write_tar(f, chunk: list, data: ImageSet) -> None:
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, raw, ext, source in chunk:
+            key = f"{i:08d}"  # no dots: webdataset cuts a key at its first dot
+            meta = json.dumps({"filename": _relative(source), "label": int(data.labels[i])})
+            for suffix, payload in ((ext, raw), ("cls", str(int(data.labels[i])).encode()),
+                                    ("json", meta.encode())):  # fmt: skip
+                member = tarfile.TarInfo(f"{key}.{suffix}")
+                member.size, member.mode = len(payload), 0o644
+                tar.addfile(member, io.BytesIO(payload))
+
+
+def _write_parquet(f, chunk: list, data: ImageSet) -> None:
+    import pyarrow as pa
+
+    from resnext.data.parquet import hf_metadata, pyarrow_parquet
+
+    image = pa.StructArray.from_arrays(
+        [pa.array([raw for _, raw, _, _ in chunk], pa.binary()),
+         pa.array([_relative(s) for _, _, _, s in chunk], pa.string())],
+        names=["bytes", "path"],
+    )  # fmt: skip
+    labels = pa.array([int(data.labels[i]) for i, _, _, _ in chunk], pa.int64())
+    table = pa.table({"image": image, "label": labels})
+    table = table.replace_schema_metadata(hf_metadata(data.classes))
+    # One row per row group, uncompressed (images do not compress) and without a dictionary:
+    # a row is then one positioned read of its column chunk (data/pages.py).
+    pyarrow_parquet().write_table(
+        table, f, row_group_size=1, compression="none", use_dictionary=False,
+        write_statistics=["label"],
+    )  # fmt: skip
+
+
+def _relative(name: str) -> str:
+    """The last three parts of a source name (split/class/file for a folder)."""
+    return "/".join(Path(name).parts[-3:])
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)

@@ -1,0 +1,102 @@
+"""Files `resnext export` wrote (ONNX, TorchScript, .pt2), run by the tool that reads their format.
+
+`load_model` hands them here, so `evaluate` and `predict` report what the deployed file does:
+ONNX through ONNX Runtime, TorchScript through `torch.jit.load`, .pt2 through
+`torch.export.load`, each with the spec, class names and preprocessing in the file's own
+metadata. Loading a TorchScript or .pt2 file runs the program it holds (TorchScript and ATen
+operators, no Python), which is what deploying it means; weight files never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from resnext.errors import one_line
+from resnext.extras import require
+from resnext.files.checkpoint import CheckpointError
+from resnext.models.zoo import ModelSpec
+
+log = logging.getLogger(__name__)
+
+META_FILE = "resnext.json"  # the extra file of TorchScript and .pt2 archives (files/export.py)
+
+
+class ExportedModel(nn.Module):
+    """An exported file as a module: float32 NCHW in, logits out on the input's device.
+
+    Carries what `load_model` attaches to every model: `spec` (None if the file records none),
+    `preprocessing`, `class_names`, `source`, plus `format` and `precision` ("fp32", "int8").
+    """
+
+    def __init__(self, run: Callable[[Tensor], Tensor], fmt: str, meta: dict[str, Any]) -> None:
+        super().__init__()
+        # A plain attribute, not a submodule: .eval()/.to() must not reach an exported
+        # program's module (it refuses train/eval) or an ONNX session; it runs on the CPU.
+        self.__dict__["run"] = run
+        self.format = fmt
+        self.precision = meta.get("precision", "fp32")
+        self.spec = ModelSpec(**meta["spec"]) if meta.get("spec") else None
+        self.name = meta.get("model_name")
+        self.class_names = meta.get("class_names")
+        self.source = meta.get("source")
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x.to("cpu", torch.float32)).float().to(x.device)
+
+
+def load_exported(path: Path, fmt: str) -> tuple[ExportedModel, dict[str, Any]]:
+    """The module of an exported file and its metadata; CheckpointError (one line) if the file
+    cannot be read or carries no resnext metadata."""
+    readers = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _program}
+    try:
+        run, meta = readers[fmt](path)
+    except (ImportError, CheckpointError):
+        raise
+    except Exception as e:  # each format's reader has its own error types for damage
+        log.debug("reading %s failed", path, exc_info=True)
+        why = f"truncated or corrupt {fmt} file ({one_line(e)})"
+        raise CheckpointError(f"cannot read {path}: {why}") from None
+    if not meta.get("preprocessing"):
+        raise CheckpointError(
+            f"{path} carries no resnext preprocessing metadata (write it with `resnext export`)"
+        )
+    return ExportedModel(run, fmt, meta), meta
+
+
+def _onnx(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
+    from resnext.inference.runtimes import OnnxModel
+
+    onnx = require("onnx", "export", "reading onnx files")
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: _json(p.value, path) for p in proto.metadata_props}
+    return OnnxModel(path, "onnxruntime"), meta
+
+
+def _torchscript(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
+    extra = {META_FILE: ""}
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x; still read here
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module.eval(), _json(extra[META_FILE] or "{}", path)
+
+
+def _program(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
+    extra = {META_FILE: ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return program.module(), _json(extra[META_FILE] or "{}", path)
+
+
+def _json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable resnext metadata ({e})") from None
