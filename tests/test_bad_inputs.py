@@ -97,7 +97,7 @@ CASES = [
     ),  # fmt: skip
     ("no cifar files", [*TRAIN, "--dataset", "cifar10", "--data", "{empty}"], "no cifar10 data"),
     # Output.
-    ("out under a file", ["train", "--out", "{file}/run"], "cannot create run directory"),
+    ("out under a file", ["train", "--out", "{file}/run"], "cannot create the run directory"),
     ("no out", ["train"], "--out RUN_DIR is required"),
     # Checkpoints.
     (
