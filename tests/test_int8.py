@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +270,36 @@ def test_openvino_runs_the_int8_file_like_onnxruntime(trained, tmp_path, capsys)
     fast = optimize_for_inference(model, "int8", calibration=[x[:24]])  # auto: OpenVINO
     assert fast.runtime == "openvino"
     assert (fast(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.95
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or not sys.platform.startswith("linux"),
+    reason="openvino is not installed (pip install 'resnext[openvino]'), or not Linux",
+)
+def test_openvino_leaves_the_signal_stack_it_found(tmp_path):
+    """OpenVINO's CPU plugin repoints the compiling thread's alternate signal stack at its own
+    memory; once that is freed, the next handled signal kills the process with SIGSEGV. Read
+    from the kernel (sigaltstack) in a child process, around two compiles and their deletion."""
+    script = f"""
+import ctypes, faulthandler, gc, os, signal, torch
+from resnext.inference.runtimes import OnnxModel
+class S(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+libc = ctypes.CDLL(None)
+def now():
+    s = S(); libc.sigaltstack(None, ctypes.byref(s)); return (s.sp, s.flags, s.size)
+faulthandler.enable()
+before = now()
+torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), {str(tmp_path / "m.onnx")!r},
+                  dynamo=False, dynamic_axes={{"input": {{0: "n"}}}}, input_names=["input"])
+m = OnnxModel({str(tmp_path / "m.onnx")!r}, "openvino")
+m(torch.randn(1, 3, 8, 8)); m(torch.randn(2, 3, 8, 8))
+assert now() == before, (now(), before)
+del m; gc.collect()
+assert now() == before, (now(), before)
+signal.signal(signal.SIGUSR1, lambda *a: None)
+os.kill(os.getpid(), signal.SIGUSR1)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -8,7 +8,11 @@ it is installed: the fastest int8 path measured here (docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,38 @@ def ort_session(model: bytes | str, threads: int | None = None) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Give the calling thread back its alternate signal stack after the block.
+
+    OpenVINO's CPU plugin (2025-2026 releases) points the thread that compiles a model at a
+    signal stack of its own and does not always point it back; once the plugin frees that
+    memory, the next signal the process handles (SIGCHLD from a DataLoader worker, Ctrl-C) is
+    delivered onto freed memory and the kernel kills the process with SIGSEGV. Seen here as a
+    test run dying in a later, unrelated test.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
 
 
 class OnnxModel(nn.Module):
@@ -58,7 +94,8 @@ class OnnxModel(nn.Module):
             config = {"PERFORMANCE_HINT": "LATENCY"}
             if self.threads:
                 config["INFERENCE_NUM_THREADS"] = self.threads
-            compiled = self.core.compile_model(self.graph, "CPU", config)
+            with signal_stack_kept():
+                compiled = self.core.compile_model(self.graph, "CPU", config)
             self.compiled[shape] = compiled.create_infer_request()
         return self.compiled[shape]
 
