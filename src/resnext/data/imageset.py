@@ -33,6 +33,10 @@ class BadImageError(ValueError):
     """A bad image file while bad_images="error"."""
 
 
+class NoSamples(ValueError):
+    """A split holds no readable, labelled image (e.g. ImageNet's unlabelled test split)."""
+
+
 class NamedBytes(io.BytesIO):
     """An encoded image in memory that PIL's errors name by its record (not by an address)."""
 
