@@ -469,3 +469,37 @@ def test_pack_leaves_out_an_unlabelled_held_out_split(tmp_path, caplog):
     assert "50 rows without a label" in said[0]
     test = load_dataset("parquet", str(tmp_path / "out"), "train")
     assert test.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_numbered_classes_a_small_validation_split_lacks_are_no_disagreement(tmp_path):
+    """Shards without class names (timm's own _info.json) are named by their labels, split by
+    split: a validation split without the last class still validates the training run, and
+    evaluates its checkpoint; named classes that differ are still refused."""
+    from PIL import Image
+
+    from resnext.data.imageset import common_classes
+
+    def jpeg(k: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (40, 40), (60 * k, 90, 200 - 50 * k)).save(out, "JPEG")
+        return out.getvalue()
+
+    splits = {"train": [0, 1, 2] * 4, "validation": [0, 1] * 3}
+    info = {"name": "x", "splits": {}}
+    for split, labels in splits.items():
+        with tarfile.open(tmp_path / f"x-{split}-0000.tar", "w") as tar:
+            for i, y in enumerate(labels):
+                _add(tar, f"{i:05d}.jpg", jpeg(y))
+                _add(tar, f"{i:05d}.cls", str(y).encode())
+        info["splits"][split] = {"name": split, "num_samples": len(labels),
+                                 "filenames": [f"x-{split}-0000.tar"],
+                                 "shard_lengths": [len(labels)]}  # fmt: skip
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    run = _train("wds", tmp_path, tmp_path / "run")
+    assert run["class_names"] == ["0", "1", "2"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset",
+                 "wds", "--data", str(tmp_path), "--workers", "0"]) == 0  # fmt: skip
+    assert common_classes(["0", "1", "2"], ["0", "1"]) == ["0", "1", "2"]
+    assert common_classes(["0", "1"], ["0", "1", "2"]) is None  # labels the model lacks
+    assert common_classes(["cat", "dog", "ship"], ["cat", "dog"]) is None
+    assert common_classes(["0", "1", "2"], ["1", "2"]) is None

@@ -132,6 +132,21 @@ class ImageSet:
         )
 
 
+def common_classes(trained: list[str], held_out: list[str]) -> list[str] | None:
+    """The classes a held-out set shares with a training set, or None if they differ.
+
+    Shards that record no class names are named by their labels, 0 to the largest label of the
+    split read (shards.class_names): a small held-out split may lack the last classes, which
+    is no disagreement.
+    """
+    if list(held_out) == list(trained):
+        return list(trained)
+    numbered = [str(i) for i in range(len(trained))]
+    if list(trained) == numbered and list(held_out) == numbered[: len(held_out)]:
+        return list(trained)
+    return None
+
+
 def note_bad(data: ImageSet, path: str, reason: str) -> None:
     """Skip a bad file with one warning, or raise if `data.on_bad` is "error"."""
     if data.on_bad == "error":

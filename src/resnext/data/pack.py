@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from resnext.data.images import IMAGE_SUFFIXES
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, NoSamples, note_bad
+from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, NoSamples, common_classes, note_bad
 from resnext.errors import one_line
 
 log = logging.getLogger("resnext.data.pack")
@@ -129,7 +129,8 @@ def pack_dataset(
     classes = sources[0][1].classes
     splits = {}
     for split, data in sources:
-        if data.classes != classes:
+        data.classes = common_classes(classes, data.classes)
+        if data.classes is None:
             raise ValueError(
                 f"the {split} split of {root} has other classes than the {sources[0][0]} split"
             )
