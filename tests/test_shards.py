@@ -335,15 +335,24 @@ def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
 
     path = tmp_path / "x.tar"
     deep = "a" * 80 + "/" + ("b" * 90 + "/") * (1 if fmt == tarfile.USTAR_FORMAT else 3)
+    keys = [f"{deep}{k}é" if k % 2 == 0 else f"s{k}" for k in range(4)]  # short names too
     with tarfile.open(path, "w", format=fmt) as tar:
         for k in range(4):
-            _add(tar, f"{deep}{k}é.jpg", bytes([k]) * (300 * k))
-            _add(tar, f"{deep}{k}é.cls", str(k).encode())
+            # Members that are no file, with names long enough for their own GNU/pax records:
+            # their names must not pass to the next file.
+            for kind in (tarfile.DIRTYPE, tarfile.SYMTYPE):
+                other = tarfile.TarInfo(
+                    ("d" * 120 if fmt != tarfile.USTAR_FORMAT else "d") + str(k)
+                )
+                other.type, other.linkname = kind, "x"
+                tar.addfile(other)
+            _add(tar, f"{keys[k]}.jpg", bytes([k]) * (300 * k))
+            _add(tar, f"{keys[k]}.cls", str(k).encode())
     with tarfile.open(path) as tar:
         ref = {m.name: (m.offset_data, m.size) for m in tar}
     got = scan_tar(path)
-    assert [key for key, _, _ in got] == [f"{deep}{k}é" for k in range(4)]
-    assert [image for _, image, _ in got] == [ref[f"{deep}{k}é.jpg"] for k in range(4)]
+    assert [key for key, _, _ in got] == keys
+    assert [image for _, image, _ in got] == [ref[f"{key}.jpg"] for key in keys]
     assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
 
 
@@ -405,3 +414,92 @@ def test_bad_images_error_stops_at_the_first_bad_sample(packed, tmp_path):
     with pytest.raises(BadImageError, match=r"x-train-0000.tar:b: no \.cls label"):
         load_dataset("wds", str(tmp_path / "wds"), "train", bad_images="error")
     assert len(load_dataset("wds", str(tmp_path / "wds"), "train", in_memory="no")) == 1
+
+
+def test_pack_keeps_camera_jpegs_that_open_as_mpo(tmp_path):
+    """Phone JPEGs carry an MPF segment and open as "MPO": packed, they stay readable images."""
+    from PIL import Image
+
+    from resnext.data.pack import pack_dataset
+
+    for split in ("train", "val"):
+        for k, c in enumerate(CLASSES):
+            folder = tmp_path / "src" / split / c
+            folder.mkdir(parents=True)
+            im = Image.new("RGB", (40, 30), (10 + k, 20, 30))
+            im.save(folder / "p.jpg", "MPO", save_all=True, append_images=[im])
+            im.save(folder / "q.jpg", "JPEG")
+    assert Image.open(tmp_path / "src/train/cat/p.jpg").format == "MPO"
+    pack_dataset("folder", str(tmp_path / "src"), "wds", str(tmp_path / "wds"))
+    with tarfile.open(tmp_path / "wds" / "src-train-0000.tar") as tar:
+        suffixes = sorted(m.name.rsplit(".", 1)[1] for m in tar if not m.name.endswith("json"))
+    assert suffixes == ["cls"] * 6 + ["jpg"] * 6
+    assert _tar_records(sorted((tmp_path / "wds").glob("*-train-*.tar"))) == _folder_records(
+        tmp_path / "src", "train"
+    )
+
+
+def test_pack_leaves_out_an_unlabelled_held_out_split(tmp_path, caplog):
+    """ILSVRC/imagenet-1k's test rows have label -1: packing the set packs train and
+    validation, and says once per file why test is left out."""
+    from resnext.data.pack import pack_dataset
+    from resnext.data.parquet import hf_metadata
+
+    data = tmp_path / "hf" / "data"
+    data.mkdir(parents=True)
+    jpeg = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(jpeg, "JPEG")
+    for split, labels in (("train", [0, 1, 0, 1]), ("validation", [0, 1]), ("test", [-1] * 50)):
+        images = pa.StructArray.from_arrays(
+            [pa.array([jpeg.getvalue()] * len(labels)), pa.array(["x.jpg"] * len(labels))],
+            names=["bytes", "path"],
+        )
+        table = pa.table({"image": images, "label": pa.array(labels, pa.int64())})
+        pq.write_table(
+            table.replace_schema_metadata(hf_metadata(["a", "b"])),
+            data / f"{split}-00000-of-00001.parquet",
+        )
+    splits = pack_dataset("parquet", str(tmp_path / "hf"), "parquet", str(tmp_path / "out"))
+    assert sorted(splits) == ["train", "validation"]
+    assert [sum(v["shard_lengths"]) for v in splits.values()] == [4, 2]
+    said = [r.getMessage() for r in caplog.records if "test" in r.getMessage()]
+    assert len(said) == 2, said  # the unlabelled rows once, the split left out once
+    assert "50 rows without a label" in said[0]
+    test = load_dataset("parquet", str(tmp_path / "out"), "train")
+    assert test.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_numbered_classes_a_small_validation_split_lacks_are_no_disagreement(tmp_path):
+    """Shards without class names (timm's own _info.json) are named by their labels, split by
+    split: a validation split without the last class still validates the training run, and
+    evaluates its checkpoint; named classes that differ are still refused."""
+    from PIL import Image
+
+    from resnext.data.imageset import common_classes
+
+    def jpeg(k: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (40, 40), (60 * k, 90, 200 - 50 * k)).save(out, "JPEG")
+        return out.getvalue()
+
+    splits = {"train": [0, 1, 2] * 4, "validation": [0, 1] * 3}
+    info = {"name": "x", "splits": {}}
+    for split, labels in splits.items():
+        with tarfile.open(tmp_path / f"x-{split}-0000.tar", "w") as tar:
+            for i, y in enumerate(labels):
+                _add(tar, f"{i:05d}.jpg", jpeg(y))
+                _add(tar, f"{i:05d}.cls", str(y).encode())
+        info["splits"][split] = {"name": split, "num_samples": len(labels),
+                                 "filenames": [f"x-{split}-0000.tar"],
+                                 "shard_lengths": [len(labels)]}  # fmt: skip
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    run = _train("wds", tmp_path, tmp_path / "run")
+    assert run["class_names"] == ["0", "1", "2"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset",
+                 "wds", "--data", str(tmp_path), "--workers", "0"]) == 0  # fmt: skip
+    assert common_classes(["0", "1", "2"], ["0", "1"]) == ["0", "1", "2"]
+    assert common_classes(["0", "1"], ["0", "1", "2"]) is None  # labels the model lacks
+    assert common_classes(["cat", "dog", "ship"], ["cat", "dog"]) is None
+    assert common_classes(["0", "1", "2"], ["1", "2"]) is None

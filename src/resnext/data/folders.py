@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
-from resnext.data.imageset import ImageSet, note_bad
+from resnext.data.imageset import ImageSet, NoSamples, note_bad
 from resnext.data.memory import hold_small
 
 log = logging.getLogger("resnext.data.datasets")
@@ -138,7 +138,7 @@ def load_folder(
     counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if len(empty) == len(classes):
-        raise ValueError(f"no readable images in {base}/<class>/")
+        raise NoSamples(f"no readable images in {base}/<class>/")
     if empty:
         raise ValueError(f"class folder {base / empty[0]} holds no readable images")
     return data

@@ -33,6 +33,10 @@ class BadImageError(ValueError):
     """A bad image file while bad_images="error"."""
 
 
+class NoSamples(ValueError):
+    """A split holds no readable, labelled image (e.g. ImageNet's unlabelled test split)."""
+
+
 class NamedBytes(io.BytesIO):
     """An encoded image in memory that PIL's errors name by its record (not by an address)."""
 
@@ -126,6 +130,21 @@ class ImageSet:
         return dataclasses.replace(
             self, labels=self.labels[keep], images=images, paths=paths, records=records
         )
+
+
+def common_classes(trained: list[str], held_out: list[str]) -> list[str] | None:
+    """The classes a held-out set shares with a training set, or None if they differ.
+
+    Shards that record no class names are named by their labels, 0 to the largest label of the
+    split read (shards.class_names): a small held-out split may lack the last classes, which
+    is no disagreement.
+    """
+    if list(held_out) == list(trained):
+        return list(trained)
+    numbered = [str(i) for i in range(len(trained))]
+    if list(trained) == numbered and list(held_out) == numbered[: len(held_out)]:
+        return list(trained)
+    return None
 
 
 def note_bad(data: ImageSet, path: str, reason: str) -> None:

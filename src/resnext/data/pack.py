@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad
+from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, NoSamples, common_classes, note_bad
 from resnext.errors import one_line
 
 log = logging.getLogger("resnext.data.pack")
@@ -40,7 +41,23 @@ def encoded(data: ImageSet) -> Iterator[tuple[int, bytes, str, str]]:
         except BAD_IMAGE_ERRORS as e:
             note_bad(data, data.name(i), one_line(e))
             continue
-        yield i, raw, {"jpeg": "jpg", "tiff": "tif"}.get(kind, kind or "img"), name
+        suffix = _suffix(kind, name)
+        if suffix is None:
+            note_bad(
+                data, data.name(i), f"a {kind or 'unknown'} image: no image suffix to store it"
+            )
+            continue
+        yield i, raw, suffix, name
+
+
+def _suffix(kind: str, name: str) -> str | None:
+    """The member suffix for an image PIL reads as `kind`: one the readers take as an image.
+    Camera JPEGs often open as MPO (a JPEG with extra frames): they are JPEGs."""
+    ext = {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif"}.get(kind, kind)
+    if "." + ext in IMAGE_SUFFIXES:
+        return ext
+    own = Path(name).suffix.lower()
+    return own[1:] if own in IMAGE_SUFFIXES else None
 
 
 def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, size: int) -> dict:
@@ -101,13 +118,19 @@ def pack_dataset(
     if size < 1:
         raise ValueError(f"--shard-size must be positive, got {size}")
     name = name or Path(root).resolve().name
-    sources = [
-        (s, load_dataset(dataset, root, s, in_memory="no")) for s in splits_present(dataset, root)
-    ]
+    sources = []
+    for s in splits_present(dataset, root):
+        try:
+            sources.append((s, load_dataset(dataset, root, s, in_memory="no")))
+        except NoSamples as e:  # ImageNet's test split has no labels: nothing to train on
+            if s == "train":
+                raise
+            log.warning("not packing the %s split: %s", s, e)
     classes = sources[0][1].classes
     splits = {}
     for split, data in sources:
-        if data.classes != classes:
+        data.classes = common_classes(classes, data.classes)
+        if data.classes is None:
             raise ValueError(
                 f"the {split} split of {root} has other classes than the {sources[0][0]} split"
             )

@@ -18,6 +18,7 @@ each process keeps its last row group, so evaluation, which reads in order, read
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -27,11 +28,13 @@ import numpy as np
 import torch
 
 from resnext.data.images import MAX_PIXELS
-from resnext.data.imageset import ImageSet, note_bad
+from resnext.data.imageset import ImageSet, NoSamples, note_bad
 from resnext.data.memory import hold_small
 from resnext.data.pages import PageError, plain_value
 from resnext.data.shards import class_names
 from resnext.extras import require
+
+log = logging.getLogger("resnext.data.datasets")
 
 _OPEN_FILES = 16  # parquet files kept open per process
 _SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.parquet$")
@@ -197,28 +200,42 @@ def load_parquet(
         chunks.append(index)
         max_def.append(deepest)
         names = names or label_names(pf.schema_arrow.metadata)
+        unlabelled = []
         for r, y in enumerate(column):
             if y is None or y < 0:
-                note_bad(
-                    data, f"{path}:{r}", "no label" if y is None else f"label {y} (unlabelled)"
-                )
+                unlabelled.append(r)
                 continue
             which.append(f)
             rows.append(r)
             labels.append(int(y))
+        _note_unlabelled(data, path, unlabelled, column)
         pf.close()
     data.classes = class_names(names, labels, f"{root} (no ClassLabel names in its metadata)")
     keep = [j for j, y in enumerate(labels) if y < len(data.classes)]
     for j in sorted(set(range(len(labels))) - set(keep)):
         note_bad(data, f"{files[which[j]]}:{rows[j]}", f"label {labels[j]} has no class name")
     if not keep:
-        raise ValueError(f"no readable rows in the {split} parquet files of {root}")
+        raise NoSamples(f"no readable rows in the {split} parquet files of {root}")
     data.records = ParquetRecords(files, np.array(which, dtype=np.int32)[keep],
                                   np.array(rows, dtype=np.int64)[keep], starts, chunks,
                                   max_def)  # fmt: skip
     data.labels = torch.tensor(labels, dtype=torch.int64)[keep]
     hold_small(data, in_memory)
     return data
+
+
+def _note_unlabelled(data: ImageSet, path: Path, rows: list[int], column: list) -> None:
+    """Rows without a label (None, or -1 as in ImageNet's test split) are bad images, counted
+    one by one but warned about once per file: a whole unlabelled split is 100,000 rows."""
+    if not rows:
+        return
+    first = rows[0]
+    why = "no label" if column[first] is None else f"label {column[first]} (unlabelled)"
+    if data.on_bad == "error" or len(rows) == 1:
+        note_bad(data, f"{path}:{first}", why)
+        return
+    data.bad.update(f"{path}:{r}" for r in rows)
+    log.warning("skipping %d rows without a label in %s (row %d: %s)", len(rows), path, first, why)
 
 
 def _check_columns(schema, path: Path) -> None:

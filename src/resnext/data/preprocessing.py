@@ -108,7 +108,7 @@ class Preprocessing:
             f"decode the image, apply its EXIF orientation, convert to {colour} (alpha dropped); "
             f"resize so the shorter side is {self.resize} px ({self.interpolation}{antialias}, "
             f"as PIL's Image.resize; the longer side rounded down; skipped if already {self.resize}); "
-            f"centre crop {self.crop}x{self.crop} (offset round((side - {self.crop}) / 2)); "
+            f"centre crop {self.crop}x{self.crop} (offset round((side - {self.crop}) / 2), halves to even); "
             f"scale to [0, 1] (divide by 255); subtract mean {list(self.mean)} and divide by "
             f"std {list(self.std)} per channel; float32, NCHW, input 'x'; output 'logits' "
             "(softmax for probabilities)"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
-from resnext.data.imageset import ImageSet, note_bad
+from resnext.data.imageset import ImageSet, NoSamples, note_bad
 from resnext.data.memory import hold_small
 
 log = logging.getLogger("resnext.data.datasets")
@@ -122,7 +122,7 @@ def load_wds(
     data.classes = class_names(info.get("classes"), labels, f"{root} ({INFO} names none)")
     labels, index = _in_range(data, labels, index, shards)
     if not index:
-        raise ValueError(f"no readable samples in the {split} shards of {root}")
+        raise NoSamples(f"no readable samples in the {split} shards of {root}")
     s, off, size, keys = zip(*index)
     data.records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                               np.array(size, dtype=np.int64),
@@ -256,8 +256,9 @@ def tar_members(f, file_size: int):
         if kind in (b"L", b"x"):  # the next member's name: GNU long name, pax record
             f.seek(data)
             long_name = _long_name(f.read(size), kind)
-        elif kind in _FILE_TYPES:
-            yield (long_name or name).decode("utf-8", "replace"), data, size
+        else:  # a long name belongs to the next member, whatever its kind (folder, link)
+            if kind in _FILE_TYPES:
+                yield (long_name or name).decode("utf-8", "replace"), data, size
             long_name = None
         pos = data + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from resnext.data.batches import default_workers, eval_batches
 from resnext.data.datasets import FILE_DATASETS, load_dataset
+from resnext.data.imageset import common_classes
 from resnext.files.loader import load_model
 from resnext.training.distributed import setup
 from resnext.training.engine import evaluate
@@ -81,7 +82,7 @@ def _check_classes(model: Any, classes: list[str], path: Any, where: str) -> Non
     ("tench") where an ImageNet folder has synset ids ("n01440764") in the same sorted order,
     so for them only the count must agree."""
     ours = model.class_names
-    if not ours or list(ours) == list(classes):
+    if not ours or common_classes(list(ours), classes) is not None:
         return
     if len(ours) != len(classes) or not getattr(model, "source", None):
         raise ValueError(f"{path} was trained on other classes than {where} holds")

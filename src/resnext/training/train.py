@@ -22,6 +22,7 @@ from torch import nn
 
 from resnext.data.batches import eval_batches, smallest_image, train_batches
 from resnext.data.datasets import ImageSet, load_dataset
+from resnext.data.imageset import common_classes
 from resnext.files.checkpoint import remove_stale_temporaries
 from resnext.files.model_file import read_model_file
 from resnext.models.merged import merge_small_groups
@@ -239,7 +240,8 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
             data.images, data.labels = data.images.to(ctx.device), data.labels.to(ctx.device)
         sets.append(data)
     train_set, val_set = sets
-    if train_set.classes != val_set.classes:
+    val_set.classes = common_classes(train_set.classes, val_set.classes)
+    if val_set.classes is None:
         raise ValueError("the training and validation sets have different classes")
     if len(cfg.mean) != train_set.channels:
         raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
