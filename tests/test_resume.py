@@ -109,3 +109,14 @@ def test_a_run_resumed_mid_epoch_ends_as_an_uninterrupted_one(tmp_path, monkeypa
     if case == "fp16":  # a fresh scaler would not do: the run needs the saved one
         assert (saved["scaler"]["scale"], saved["scaler"]["_growth_tracker"]) != (65536.0, 0)
         assert end["scaler"]["growth_interval"] == 3
+
+
+def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
+    """In-process runs (a study, a notebook) must not leave deterministic kernels on: a later
+    int8 model's resize has no deterministic kernel and would refuse to run."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cfg = resolve_config("tiny", {**BASE, "epochs": 1})
+    train(cfg, tmp_path / "run")
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark == benchmark

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def train(
             return _finished(ckpt)
     ctx = setup(cfg.device)
     try:
-        with StopSignals() as stop, run_lock(out):  # rank 0 only: one lock per run
+        # run_lock: rank 0 only, one lock per run
+        with StopSignals() as stop, run_lock(out), kernels_restored():
             if ctx.main:
                 claim(out, resume, overwrite)
             return _train(cfg, out, (path, ckpt) if ckpt is not None else None, ctx, stop)
@@ -306,6 +308,20 @@ def _validate(t: Trainee, val_set: ImageSet, cfg: TrainConfig, ctx: Context) -> 
             out |= {f"{prefix}_loss": m["loss"], f"{prefix}_top1_error": m["top1_error"]}
             out[f"{prefix}_top5_error"] = m["top5_error"]
     return out
+
+
+@contextlib.contextmanager
+def kernels_restored() -> Iterator[None]:
+    """Leave the process's kernel choice (deterministic algorithms, cuDNN benchmark) as the
+    run found it: a deterministic run inside a program (a study, a test) must not make a later,
+    unrelated op refuse to run (int8 resize has no deterministic kernel)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=warn_only)
+        torch.backends.cudnn.benchmark = before[1]
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
