@@ -2,7 +2,8 @@
 
 Tests make their own data: `write_image_folder` writes real pictures (scikit-learn's handwritten
 digits, scaled to 32x32 and tinted per class so that they are colour JPEGs with learnable
-classes) in the ImageNet layout, plus broken files beside them. Only tests that truly need the
+classes) in the ImageNet layout, plus broken files beside them; `write_photo_folder` writes
+full-size-like JPEGs cut from scikit-learn's sample photographs. Only tests that truly need the
 CIFAR-10 JPEGs in ../shared/data are marked `needs_cifar`; they skip where it is absent, as in a
 user's clone.
 """
@@ -91,14 +92,56 @@ def write_image_folder(
     suffix: str = ".jpg",
 ) -> Path:
     """`root/<split>/<class>/<i><suffix>`: real digit pictures, distinct images per split."""
+    for label, index, path in _folder_files(root, classes, per_class, splits):
+        digit_image(label, index, size).save(path.with_suffix(suffix))
+    return Path(root)
+
+
+@functools.cache
+def _photos() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_sample_images
+
+    return tuple(load_sample_images().images)
+
+
+def photo(label: int, index: int, size: tuple[int, int] = (160, 120)):
+    """A full-size-like `size` (width, height) RGB PIL image: a crop of one of scikit-learn's
+    two sample photographs (640x427; nothing downloaded), from a region and with a tint of its
+    class's own, so classes differ and every image is distinct."""
+    from PIL import Image
+
+    photos = _photos()
+    src = photos[(label + index) % len(photos)]
+    h, w = src.shape[:2]
+    cw, ch = size[0] * 2, size[1] * 2  # crops are halved: a sharper, photo-like picture
+    x = (37 * index + 101 * label) % (w - cw)
+    y = (23 * index + 59 * label) % (h - ch)
+    crop = src[y : y + ch, x : x + cw].astype(np.float64) * np.array(_TINTS[label % len(_TINTS)])
+    return Image.fromarray(crop.clip(0, 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+
+
+def write_photo_folder(
+    root: Path,
+    classes: Iterable[str] = ("cat", "dog", "ship"),
+    per_class: int = 6,
+    splits: Iterable[str] = ("train", "val"),
+    size: tuple[int, int] = (160, 120),
+) -> Path:
+    """`root/<split>/<class>/<i>.jpg`: distinct photo crops, quality 90 JPEGs."""
+    for label, index, path in _folder_files(root, classes, per_class, splits):
+        photo(label, index, size).save(path.with_suffix(".jpg"), quality=90)
+    return Path(root)
+
+
+def _folder_files(root: Path, classes: Iterable[str], per_class: int, splits: Iterable[str]):
+    """(label, image index, path without suffix) of an image folder's files, folders created;
+    indices differ between splits so that no image is in two splits."""
     for offset, split in enumerate(splits):
         for label, name in enumerate(classes):
             folder = Path(root) / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                img = digit_image(label, offset * 50 + i, size)
-                img.save(folder / f"{i}{suffix}")
-    return Path(root)
+                yield label, offset * 50 + i, folder / str(i)
 
 
 def write_broken_images(folder: Path) -> dict[str, Path]:

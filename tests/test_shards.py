@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from photos import write_photo_folder
 from resnext.cli import main
 from resnext.data.datasets import load_dataset
 from resnext.extras import MissingExtra
 from resnext.files.model_file import read_model_file
+
+from conftest import write_photo_folder
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
@@ -503,3 +504,37 @@ def test_numbered_classes_a_small_validation_split_lacks_are_no_disagreement(tmp
     assert common_classes(["0", "1"], ["0", "1", "2"]) is None  # labels the model lacks
     assert common_classes(["cat", "dog", "ship"], ["cat", "dog"]) is None
     assert common_classes(["0", "1", "2"], ["1", "2"]) is None
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_a_label_past_the_named_classes_is_a_bad_sample(tmp_path, fmt, caplog):
+    """With recorded class names, a label beyond them is skipped, named and counted."""
+    from PIL import Image
+
+    from resnext.data.parquet import hf_metadata
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(jpeg, "JPEG")
+    labels = [0, 1, 5, 1]
+    if fmt == "wds":
+        with tarfile.open(tmp_path / "x-train-0000.tar", "w") as tar:
+            for i, y in enumerate(labels):
+                _add(tar, f"{i:05d}.jpg", jpeg.getvalue())
+                _add(tar, f"{i:05d}.cls", str(y).encode())
+        split = {"name": "train", "num_samples": 4, "filenames": ["x-train-0000.tar"],
+                 "shard_lengths": [4]}  # fmt: skip
+        info = {"name": "x", "classes": ["a", "b"], "splits": {"train": split}}
+        (tmp_path / "_info.json").write_text(json.dumps(info))
+        bad = f"{tmp_path / 'x-train-0000.tar'}:00002"
+    else:
+        images = pa.StructArray.from_arrays(
+            [pa.array([jpeg.getvalue()] * 4), pa.array(["x.jpg"] * 4)], names=["bytes", "path"]
+        )
+        table = pa.table({"image": images, "label": pa.array(labels, pa.int64())})
+        path = tmp_path / "train-00000-of-00001.parquet"
+        pq.write_table(table.replace_schema_metadata(hf_metadata(["a", "b"])), path)
+        bad = f"{path}:2"
+    data = load_dataset(fmt, str(tmp_path), "train")
+    assert data.classes == ["a", "b"] and data.labels.tolist() == [0, 1, 1]
+    assert data.bad == {bad}
+    assert f"{bad}: label 5 has no class (2 names)" in caplog.text

@@ -147,6 +147,16 @@ def common_classes(trained: list[str], held_out: list[str]) -> list[str] | None:
     return None
 
 
+def with_class(data: ImageSet, labels: list[int], name_of) -> list[int]:
+    """Indices of the samples whose label names one of `data.classes`; the others are bad
+    images, named by `name_of(index)`."""
+    n = len(data.classes)
+    for j, y in enumerate(labels):
+        if y >= n:
+            note_bad(data, name_of(j), f"label {y} has no class ({n} names)")
+    return [j for j, y in enumerate(labels) if y < n]
+
+
 def note_bad(data: ImageSet, path: str, reason: str) -> None:
     """Skip a bad file with one warning, or raise if `data.on_bad` is "error"."""
     if data.on_bad == "error":

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from resnext.data.images import MAX_PIXELS
-from resnext.data.imageset import ImageSet, NoSamples, note_bad
+from resnext.data.imageset import ImageSet, NoSamples, note_bad, with_class
 from resnext.data.memory import hold_small
 from resnext.data.pages import PageError, plain_value
 from resnext.data.shards import class_names
@@ -211,9 +211,7 @@ def load_parquet(
         _note_unlabelled(data, path, unlabelled, column)
         pf.close()
     data.classes = class_names(names, labels, f"{root} (no ClassLabel names in its metadata)")
-    keep = [j for j, y in enumerate(labels) if y < len(data.classes)]
-    for j in sorted(set(range(len(labels))) - set(keep)):
-        note_bad(data, f"{files[which[j]]}:{rows[j]}", f"label {labels[j]} has no class name")
+    keep = with_class(data, labels, lambda j: f"{files[which[j]]}:{rows[j]}")
     if not keep:
         raise NoSamples(f"no readable rows in the {split} parquet files of {root}")
     data.records = ParquetRecords(files, np.array(which, dtype=np.int32)[keep],

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
-from resnext.data.imageset import ImageSet, NoSamples, note_bad
+from resnext.data.imageset import ImageSet, NoSamples, note_bad, with_class
 from resnext.data.memory import hold_small
 
 log = logging.getLogger("resnext.data.datasets")
@@ -120,7 +120,8 @@ def load_wds(
             index.append((s, image[0], image[1], key))
             labels.append(int(label))
     data.classes = class_names(info.get("classes"), labels, f"{root} ({INFO} names none)")
-    labels, index = _in_range(data, labels, index, shards)
+    keep = with_class(data, labels, lambda j: f"{shards[index[j][0]]}:{index[j][3]}")
+    labels, index = [labels[j] for j in keep], [index[j] for j in keep]
     if not index:
         raise NoSamples(f"no readable samples in the {split} shards of {root}")
     s, off, size, keys = zip(*index)
@@ -307,14 +308,3 @@ def class_names(names: list | None, labels: list[int], where: str) -> list[str]:
     count = max(labels, default=-1) + 1
     log.info("%s: classes named by their numbers 0..%d", where, count - 1)
     return [str(i) for i in range(count)]
-
-
-def _in_range(data: ImageSet, labels: list[int], index: list, shards: list[Path]):
-    """Leave out (as bad) samples whose label has no class name."""
-    keep = [j for j, y in enumerate(labels) if y < len(data.classes)]
-    if len(keep) < len(labels):
-        for j in sorted(set(range(len(labels))) - set(keep)):
-            s, _, _, key = index[j]
-            note_bad(data, f"{shards[s]}:{key}",
-                     f"label {labels[j]} has no class ({len(data.classes)} names)")  # fmt: skip
-    return [labels[j] for j in keep], [index[j] for j in keep]
