@@ -69,3 +69,63 @@ def test_two_nodes_on_localhost(tmp_path, single):
     assert ckpt["epoch"] == 1 and ckpt["metrics"]["images_per_second"] > 0
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
     _assert_same_parameters(single, ckpt)
+
+
+def _accumulating_rank(rank: int, port: int, out: str) -> None:
+    """One of two DDP ranks taking its half of a batch of 16 as two micro-batches."""
+    import torch.distributed as dist
+
+    from resnext.models.model import build_model
+    from resnext.models.zoo import ModelSpec
+    from resnext.training.config import resolve_config
+    from resnext.training.engine import Trainee, train_step
+    from resnext.training.optim import build_optimizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)  # fmt: skip
+    cfg = resolve_config("tiny", {"batch_size": 16, "accum_steps": 2})
+    torch.manual_seed(0)
+    raw = build_model(ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, num_classes=5,
+                                in_channels=1)).eval()  # fmt: skip
+    ddp = torch.nn.parallel.DistributedDataParallel(raw)
+    t = Trainee(ddp, raw, build_optimizer(raw, cfg), torch.amp.GradScaler("cpu", enabled=False),
+                ddp=ddp)  # fmt: skip
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    for _ in range(2):
+        train_step(t, x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8], cfg, None)
+    torch.save(raw.state_dict(), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_accumulation_syncs_once_per_step_and_equals_one_process(tmp_path):
+    """Two ranks x two micro-batches of 4 (gradients all-reduced on the last one only) give
+    the weights of one process taking the batch of 16 as four micro-batches (BN frozen, so
+    the batching does not change the function)."""
+    import torch.multiprocessing as mp
+
+    from resnext.models.model import build_model
+    from resnext.models.zoo import ModelSpec
+    from resnext.training.config import resolve_config
+    from resnext.training.engine import Trainee, train_step
+    from resnext.training.optim import build_optimizer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_accumulating_rank, args=(port, str(tmp_path)), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    cfg = resolve_config("tiny", {"batch_size": 16, "accum_steps": 4})
+    torch.manual_seed(0)
+    raw = build_model(ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, num_classes=5,
+                                in_channels=1)).eval()  # fmt: skip
+    t = Trainee(raw, raw, build_optimizer(raw, cfg), torch.amp.GradScaler("cpu", enabled=False))
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    for _ in range(2):
+        train_step(t, x, y, cfg, None)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, want in raw.state_dict().items():
+        for r, got in enumerate(ranks):
+            assert torch.allclose(got[name], want, atol=1e-6), (r, name)
