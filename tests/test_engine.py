@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from resnext.data.batches import step_generator
 from resnext.models.model import build_model
 from resnext.models.zoo import ModelSpec
 from resnext.training.config import resolve_config
 from resnext.training.engine import Trainee, evaluate, train_step
-from resnext.data.batches import step_generator
 from resnext.training.optim import EMA, build_optimizer, lr_at, peak_lr, set_lr
 
 SPEC = ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, num_classes=5, in_channels=1)
@@ -415,7 +415,7 @@ def test_train_one_epoch_reports_running_means_and_images_per_second(monkeypatch
         t, data, cfg, 0, 3, progress, on_step=lambda b, s: sums.append(s.clone())
     )
     assert [done for done, _ in shown] == [1, 2, 3]
-    for k, (done, values) in enumerate(shown, 1):
+    for k, (_, values) in enumerate(shown, 1):
         loss, wrong, n = sums[k - 1].tolist()
         assert values["loss"] == pytest.approx(loss / n)
         assert values["err"] == pytest.approx(100 * wrong / n)
