@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 import torch
 
@@ -77,3 +80,28 @@ def test_conversion_does_not_share_storage() -> None:
 def test_basic_block_models_have_one_form() -> None:
     with pytest.raises(ValueError, match="basic"):
         convert_form(create_model("resnet18"), "a")
+
+
+@pytest.mark.parametrize("form", ["a", "b", "c"])
+def test_every_form_draws_he_init_with_the_grouped_layers_fan_out(form: str) -> None:
+    """Each conv weight ~ N(0, 2 / fan_out) where fan_out is that of form (c)'s layer the
+    weight belongs to (k * k * out_channels of the whole grouped layer, fb.resnet.torch), so the
+    three forms start from the same distribution; checked with a KS test per layer."""
+    from scipy import stats
+
+    spec = tiny_spec(template="imagenet", depths=(1, 1, 1, 1), cardinality=8, base_planes=32)
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(spec, form=form))
+    reference = dict(build_model(spec).named_modules())  # form (c): the layer each slice is of
+    convs = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        # branches.i.convK of forms (a)/(b) are slices of convK of form (c)
+        layer = reference[re.sub(r"\.branches\.\d+", "", name)]
+        fan_out = layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        w = module.weight.detach().double().flatten().numpy() / (2.0 / fan_out) ** 0.5
+        if w.size >= 200:  # enough draws for the test to have power
+            assert stats.kstest(w, "norm").pvalue > 1e-4, (name, fan_out)
+            convs += 1
+    assert convs >= 10

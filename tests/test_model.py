@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from resnext import ResNeXt, build_model, create_model, get_spec, list_models
+from resnext.models.blocks import BlockConfig, Bottleneck
 
 from conftest import tiny_spec
 
@@ -188,3 +190,20 @@ def test_narrow_network_keeps_the_shape() -> None:
     assert [f["num_chs"] for f in model.feature_info] == [64, 128, 256]
     with torch.no_grad():
         assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shortcut_a_is_the_subsampled_identity_padded_with_zeros(stride: int) -> None:
+    """Option A (He et al. 2016): the input, taken every `stride` pixels from the first, in the
+    first channels; zeros in the new ones. The block adds it to its transform."""
+    cfg = BlockConfig(cardinality=2, base_width=4, shortcut="A")
+    block = Bottleneck(24, 16, stride, cfg).eval()  # 24 channels in, 64 out
+    x = torch.randn(2, 24, 7, 9)
+    with torch.no_grad():
+        short = block.downsample(x)
+        want = np.zeros((2, 64, *short.shape[2:]), np.float32)
+        want[:, :24] = x.numpy()[:, :, ::stride, ::stride]
+        np.testing.assert_array_equal(short.numpy(), want)
+        torch.testing.assert_close(
+            block(x), torch.relu(block.transform(x) + torch.from_numpy(want))
+        )
