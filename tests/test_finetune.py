@@ -162,3 +162,21 @@ def test_without_model_the_run_trains_the_weights_architecture(tmp_path):
     assert config["model"] == "resnext11_8x16d"
     got = read_model_file(tmp_path / "run" / "last.pt")["model"]
     assert got["layer1.0.conv1.weight"].shape == want["layer1.0.conv1.weight"].shape
+
+
+def test_the_ema_starts_from_the_pretrained_weights(source):
+    """With ema_decay on, the averaged copy starts from the file's weights, not from the random
+    initialisation (it would drag the fine-tuned weights back towards noise)."""
+    from resnext.training.engine import Trainee
+    from resnext.training.finetune import start_from
+    from resnext.training.optim import EMA
+
+    path, want = source
+    cfg = resolve_config("tiny", {"init": str(path), "ema_decay": 0.9})
+    model = resnext.create_model(cfg.model, num_classes=7, in_channels=1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    t = Trainee(model, model, build_optimizer(model, cfg), scaler, EMA(model, 0.9))
+    start_from(t, cfg, [f"class{i}" for i in range(7)])
+    for name, tensor in want.items():
+        assert torch.equal(t.raw.state_dict()[name], tensor), name
+        assert torch.equal(t.ema.module.state_dict()[name], tensor), name
