@@ -191,6 +191,7 @@ def test_collate_keeps_the_readable_images_and_their_positions(bad):
 
 
 def folder(tmp_path, sizes, bad=()):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, size in enumerate(sizes):
         p = tmp_path / f"{k}.png"
@@ -282,3 +283,232 @@ def test_the_smallest_image_is_what_the_crop_needs(size, pad):
         cfg = resolve_config("tiny", {"augment": augment, "train_size": size, "pad": pad})
         want = max(size - 2 * pad, 1) if augment == "crop_flip" else 1
         assert smallest_image(cfg) == want
+
+
+class Recording:
+    """A transform that takes part in decoding: records the size `reduce` is asked about and
+    the scale the decoder applied."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor, self.asked, self.scales = factor, [], []
+
+    def reduce(self, width: int, height: int) -> int:
+        self.asked.append((width, height))
+        return self.factor
+
+    def __call__(self, image):
+        self.scales.append(image.info.get("scale", 1))
+        return to_tensor(image)
+
+
+def test_a_transforms_reduce_takes_part_in_decoding(tmp_path):
+    """`reduce` sees the full size before decoding, and a JPEG then decodes that much smaller
+    (PIL's draft mode): the inception crop's fast path."""
+    Image.new("L", (64, 48), 90).save(tmp_path / "0.jpg")
+    data = ImageSet(["a"], torch.zeros(1, dtype=torch.int64), paths=[tmp_path / "0.jpg"],
+                    decode_channels=1)  # fmt: skip
+    for factor in (1, 2, 4):
+        t = Recording(factor)
+        x, label, bad = PerImage(data, t)[0]
+        assert bad is None and label == 0 and x.shape == (1, 4, 4)
+        assert t.asked == [(64, 48)] and t.scales == [factor]
+
+
+def test_the_sets_pixel_limit_applies_to_files_read_by_workers(tmp_path):
+    data = folder(tmp_path, [(6, 6), (5, 4)])
+    data.max_pixels = 25  # 6x6 is over, 5x4 under
+    out = [PerImage(data, to_tensor)[i] for i in range(2)]
+    assert out[0][0] is None and "over the limit of 25" in out[0][2][1]
+    assert out[0][2][0] == str(data.paths[0]) and out[0][2][2] is False
+    assert out[1][2] is None
+
+
+class Shards:
+    """Records whose second one cannot be read (a disk error while reading a shard)."""
+
+    def __init__(self, tmp_path) -> None:
+        Image.new("L", (6, 6), 40).save(tmp_path / "r.png")
+        self.data = (tmp_path / "r.png").read_bytes()
+
+    def __len__(self) -> int:
+        return 2
+
+    def name(self, i: int) -> str:
+        return f"shard-0.tar:{i:03d}"
+
+    def read(self, i: int) -> bytes:
+        if i == 1:
+            raise OSError("Input/output error")
+        return self.data
+
+
+def test_an_unreadable_record_is_named_by_its_record(tmp_path):
+    data = ImageSet(["a"], torch.zeros(2, dtype=torch.int64), records=Shards(tmp_path),
+                    decode_channels=1)  # fmt: skip
+    x, _, bad = PerImage(data, to_tensor)[0]
+    assert bad is None and int(x[0, 0, 0]) == 40
+    assert PerImage(data, to_tensor)[1] == (
+        None,
+        0,
+        ("shard-0.tar:001", "Input/output error", False),
+    )
+
+
+def test_a_non_image_file_is_bad_with_the_decoders_reason(tmp_path):
+    data = folder(tmp_path, [(6, 6), (6, 6)], bad=(1,))
+    _, _, (path, reason, fatal) = PerImage(data, to_tensor)[1]
+    assert path == str(data.paths[1]) and not fatal
+    assert "cannot identify image file" in reason
+
+
+def _exit_in_worker(image):
+    os._exit(3)
+
+
+def _kill_in_worker(image):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stop_signals(image):
+    import signal
+
+    return torch.tensor([signal.getsignal(s) == signal.SIG_IGN
+                         for s in (signal.SIGTERM, signal.SIGINT)])  # fmt: skip
+
+
+def workers_alive() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+KILL_HINT = (" (killed by SIGKILL: most often the out-of-memory killer; try fewer workers or "
+             "a smaller batch)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("transform", "hint"), [(_exit_in_worker, ""), (_kill_in_worker, KILL_HINT)]
+)
+def test_a_dead_worker_is_one_error_with_the_dataloaders_reason(transform, hint):
+    data = images(4)
+    before = workers_alive()
+    with pytest.raises(LoaderError) as e:
+        list(loader(PerImage(data, transform), [torch.arange(2), torch.arange(2, 4)], 1, False))
+    message = str(e.value)
+    assert message.startswith("a data loader worker failed: DataLoader worker (pid")
+    assert "exited unexpectedly" in message and message.endswith(hint)
+    assert ("SIGKILL" in message) == bool(hint)
+    assert workers_alive() == before  # shut down although the traceback holds the loader
+
+
+def test_a_collate_error_without_workers_is_one_error():
+    data = ImageSet(
+        ["a"], torch.zeros(2, dtype=torch.int64), torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    )
+    sizes = iter([(1, 4, 4), (1, 5, 5)])
+    ds = PerImage(data, lambda image: torch.zeros(next(sizes), dtype=torch.uint8))
+    with pytest.raises(LoaderError, match=r"^a data loader worker failed: stack expects each tensor"
+                       r"[^(]*$"):  # fmt: skip
+        list(loader(ds, [torch.arange(2)], 0, False))
+
+
+def test_workers_ignore_the_stop_signals_and_stop_with_the_loader():
+    """Ctrl-C and Slurm signal every process: only the main one acts on them (it saves first).
+    A consumer that stops early leaves no worker behind."""
+    data = images(6)
+    before = workers_alive()
+    batches = [torch.arange(2), torch.arange(2, 4), torch.arange(4, 6)]
+    it = loader(PerImage(data, _stop_signals), batches, 2, False)
+    x, _, _ = next(it)
+    assert x.tolist() == [[True, True], [True, True]]
+    it.close()
+    assert workers_alive() == before
+
+
+def test_in_memory_inception_crops_and_flips_per_image():
+    data = images(32, size=12)
+    base = {"batch_size": 32, "augment": "inception", "train_size": 8, "seed": 1,
+            "color_jitter": 0.0, "lighting": 0.0}  # fmt: skip
+    plain = next(train_batches(data, resolve_config("tiny", base | {"hflip": False}), 0, 0, 0, 1))
+    flips = next(train_batches(data, resolve_config("tiny", base | {"hflip": True}), 0, 0, 0, 1))
+    assert plain[0].shape == flips[0].shape == (32, 1, 8, 8)  # cut from 12 px images
+    same = [torch.equal(a, b) for a, b in zip(plain[0], flips[0])]
+    mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(plain[0], flips[0])]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 0 < sum(mirrored) < 32  # a fair coin per image (2**-31 to fail by chance)
+
+
+def test_a_batch_of_only_bad_files_is_skipped_and_the_epoch_goes_on(tmp_path):
+    cfg = resolve_config("tiny", {"batch_size": 2, "augment": "none", "train_size": 6})
+    order = train_indices(6, 2, cfg.seed, 0)
+    good = folder(tmp_path / "good", [(6, 6)] * 6)
+    whole = list(train_batches(good, cfg, 0, 0, 0, 1))
+    data = folder(tmp_path / "bad", [(6, 6)] * 6, bad=order[1].tolist())
+    got = list(train_batches(data, cfg, 0, 0, 0, 1))
+    assert len(got) == 2 and len(data.bad) == 2
+    for (x, y), (wx, wy) in zip(got, [whole[0], whole[2]]):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
+
+
+def test_evaluation_defaults_and_ten_crops_in_memory_and_from_files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8, generator=g)
+    memory = ImageSet(["a", "b"], torch.arange(5) % 2, pixels)
+    files = folder(tmp_path, [(12, 12)] * 5)
+    for k, p in enumerate(files.paths):
+        Image.fromarray(pixels[k, 0].numpy()).save(p)
+    pre = resolve_config("tiny", {"eval_resize": 12, "eval_crop": 8}).preprocessing()
+    one = [x for x, _ in eval_batches(memory, 2, pre)]  # defaults: one view, one process
+    assert [x.shape for x in one] == [(2, 1, 8, 8), (2, 1, 8, 8), (1, 1, 8, 8)]
+    assert torch.equal(torch.cat(one), pre.views(pixels))
+    for data in (memory, files):
+        got = list(eval_batches(data, 2, pre, ten_crop=True))
+        x, y = torch.cat([b[0] for b in got]), torch.cat([b[1] for b in got])
+        assert x.shape == (5, 10, 1, 8, 8) and y.tolist() == [0, 1, 0, 1, 0]
+        assert torch.equal(x, pre.views(pixels, ten_crop=True))
+
+
+def test_default_rank_and_world_are_one_process_seeing_everything():
+    assert torch.equal(torch.cat(eval_indices(10, 4)), torch.arange(10))
+
+
+def _stuck_on_late_images(image):
+    if int(image.flatten()[0]) >= 2:  # images 2 and 3: a read that never returns (a dead NFS)
+        import time
+
+        time.sleep(60)
+    return image
+
+
+def test_a_worker_stuck_in_a_read_is_killed_when_the_loader_stops(monkeypatch):
+    """Workers ignore SIGTERM, so DataLoader's own shutdown (join, then SIGTERM) leaves a
+    stuck one running and Python's exit handler would wait on it forever: it is killed."""
+    from torch.utils.data import _utils
+
+    monkeypatch.setattr(_utils, "MP_STATUS_CHECK_INTERVAL", 0.2)  # DataLoader's join timeout
+    data = ImageSet(["a"], torch.zeros(4, dtype=torch.int64),
+                    torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 1, 2, 2))  # fmt: skip
+    before = workers_alive()
+    it = loader(
+        PerImage(data, _stuck_on_late_images), [torch.arange(2), torch.arange(2, 4)], 1, False
+    )
+    x, _, _ = next(it)
+    assert x[:, 0, 0, 0].tolist() == [0, 1]
+    it.close()
+    assert workers_alive() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_land_on_the_training_device(tmp_path):
+    """In-memory images on the GPU stay there; files decoded by workers are moved to it."""
+    cfg = resolve_config("tiny", {"batch_size": 2, "augment": "none", "train_size": 6})
+    memory = images(4, size=6)
+    memory.images, memory.labels = memory.images.cuda(), memory.labels.cuda()
+    files = folder(tmp_path, [(6, 6)] * 4)
+    for data, device in ((memory, None), (files, torch.device("cuda"))):
+        for x, y in train_batches(data, cfg, 0, 0, 0, 1, device):
+            assert x.is_cuda and y.is_cuda
+    for x, _ in eval_batches(files, 2, cfg.preprocessing()):
+        assert x.device == torch.device("cuda", torch.cuda.current_device())

@@ -146,14 +146,17 @@ def test_save_read_restore_gives_the_state_back_and_the_next_step_agrees(tmp_pat
     a, spec = trainee(cfg, seed=1)
     a.skipped = 2
     saver = Saver(a, spec, cfg, CLASSES, tmp_path, best=7.0)
-    saver.save("last.pt", 1, 3, None, [5.0, 2.0, 8.0])
+    saver.save("last.pt", 1, 3, {"val_top1_error": 7.0}, [5.0, 2.0, 8.0])
     assert saver.last == f"{tmp_path / 'last.pt'} (step 2)"
+    saved = read_model_file(tmp_path / "last.pt")
+    assert saved["metrics"] == {"val_top1_error": 7.0} and saved["train_sums"] == [5.0, 2.0, 8.0]
+    assert (saved["epoch"], saved["batch"], saved["best_val_top1_error"]) == (1, 3, 7.0)
     saver.save("best.pt", 1, 3, None, None)  # only last.pt is named in messages
     assert saver.last == f"{tmp_path / 'last.pt'} (step 2)"
 
     b, _ = trainee(cfg, seed=2, steps=1)  # other weights, momenta, scale, EMA, step
     assert differs(state_of(a), state_of(b))
-    got = restore(b, read_model_file(tmp_path / "last.pt"), spec, CLASSES, MAIN)
+    got = restore(b, saved, spec, CLASSES, MAIN)
     epoch, start, sums, best = got
     assert (epoch, start, best) == (1, 3, 7.0)
     assert torch.equal(sums, torch.tensor([5.0, 2.0, 8.0]))
@@ -314,6 +317,7 @@ def draws() -> tuple:
     return (
         random.random(), random.gauss(0, 1), np.random.randint(0, 2**31, 4).tolist(),
         np.random.standard_normal(), torch.rand(3).tolist(), torch.randint(0, 2**31, (4,)).tolist(),
+        [torch.rand(2, device=f"cuda:{d}").tolist() for d in range(torch.cuda.device_count())],
     )  # fmt: skip
 
 
@@ -357,6 +361,7 @@ def test_rng_state_is_plain_values_of_the_live_generators():
     name, keys, *rest = np.random.get_state()
     assert state["numpy"][0] == name and state["numpy"][2:] == rest
     assert state["numpy"][1].tolist() == keys.tolist() and keys.max() >= 2**31
+    assert state["numpy"][1].dtype == torch.int64  # exact integers in the file
     assert torch.equal(state["torch"], torch.get_rng_state())
     want = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     assert len(state["cuda"]) == len(want)
