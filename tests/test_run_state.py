@@ -147,6 +147,7 @@ def test_save_read_restore_gives_the_state_back_and_the_next_step_agrees(tmp_pat
     a.skipped = 2
     saver = Saver(a, spec, cfg, CLASSES, tmp_path, best=7.0)
     saver.save("last.pt", 1, 3, {"val_top1_error": 7.0}, [5.0, 2.0, 8.0])
+    after_save = draws()  # what every global generator gives next, as saved
     assert saver.last == f"{tmp_path / 'last.pt'} (step 2)"
     saved = read_model_file(tmp_path / "last.pt")
     assert saved["metrics"] == {"val_top1_error": 7.0} and saved["train_sums"] == [5.0, 2.0, 8.0]
@@ -161,6 +162,7 @@ def test_save_read_restore_gives_the_state_back_and_the_next_step_agrees(tmp_pat
     assert (epoch, start, best) == (1, 3, 7.0)
     assert torch.equal(sums, torch.tensor([5.0, 2.0, 8.0]))
     assert_equal(state_of(b), state_of(a))
+    assert draws() == after_save  # the global generators are back where they were saved
     x, y = batch(99, cfg.batch_size, len(CLASSES))
     for t in (a, b):
         train_step(t, x, y, cfg, torch.Generator().manual_seed(7))
