@@ -438,7 +438,7 @@ def test_workers_ignore_the_stop_signals_and_stop_with_the_loader():
     data = images(6)
     before = workers_alive()
     batches = [torch.arange(2), torch.arange(2, 4), torch.arange(4, 6)]
-    it = loader(PerImage(data, _stop_signals), batches, 2, False)
+    it = loader(PerImage(data, _stop_signals), batches, 1, False)
     x, _, _ = next(it)
     assert x.tolist() == [[True, True], [True, True]]
     it.close()
