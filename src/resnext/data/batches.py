@@ -46,8 +46,9 @@ def train_indices(
 
 
 def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
-    """Every image exactly once over all ranks (no padding, so counts are exact)."""
-    mine = torch.arange(rank, n, world)
+    """Every image exactly once over all ranks (no padding, so counts are exact); a rank past
+    the last image gets none."""
+    mine = torch.arange(n)[rank::world]
     return list(mine.split(batch)) if len(mine) else []
 
 
