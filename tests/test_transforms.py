@@ -24,6 +24,7 @@ from resnext.data.transforms import (
     draft_factor,
     draw_crop_flip,
     draw_resized_crop,
+    eval_batch,
     eval_views,
     mix,
     normalize,
@@ -99,6 +100,9 @@ RRC_CASES = [
     (20, 3000, (0.08, 1.0), (3 / 4, 4 / 3)),
     (80, 60, (1.5, 2.0), (3 / 4, 4 / 3)),
     (30, 90, (1.5, 2.0), (0.2, 0.5)),
+    # Tiny images: some tries round a side to 1 px (a valid box) or to 0 (tried again).
+    (3, 3, (0.08, 1.0), (3 / 4, 4 / 3)),
+    (6, 6, (0.005, 0.05), (0.1, 10.0)),
 ]
 
 
@@ -169,6 +173,50 @@ def test_the_inception_crop_of_a_pil_image_decoded_in_full_is_the_tensors():
         assert torch.equal(view(image), want)
 
 
+def test_reduce_allows_the_largest_decode_scale_that_still_holds_the_output_size():
+    """On a full-size geometry, `reduce` answers for torchvision's box (drawn alike): at its
+    factor the box still holds `size` pixels each way, at twice that it would not (or 8)."""
+    view, rrc = InceptionCrop(120, True), v2.RandomResizedCrop(120)
+    factors = set()
+    for seed in range(60):
+        torch.manual_seed(seed)
+        s = view.reduce(1600, 1000)
+        torch.manual_seed(seed)
+        box = rrc.make_params([Image.new("RGB", (1600, 1000))])
+        short = min(box["height"], box["width"])
+        assert short >= s * 120 and (s == 8 or short < 2 * s * 120), (seed, s, box)
+        factors.add(s)
+    assert factors == {2, 4, 8}  # boxes of 310 to 1000 px
+
+
+def test_a_reduced_decode_is_resized_from_the_box_at_its_scale_bilinearly():
+    """A decode at half scale (`scale` 2 in the image's info): the box, divided by 2, resized
+    bilinearly; against torchvision's resized_crop on the half-size pixels for boxes with even
+    edges. Inside a 2 px border within one level (Pillow's box resize reads past the box's
+    edges, where the two differ); bicubic would be 10 or more levels off inside."""
+    rng = np.random.default_rng(0)
+    half = rng.integers(56, 200, (90, 120, 3), dtype=np.uint8)
+    rrc, checked = v2.RandomResizedCrop(40), 0
+    for seed in range(120):
+        torch.manual_seed(seed)
+        box = rrc.make_params([Image.new("RGB", (240, 180))])
+        top, left, h, w = (box[k] for k in ("top", "left", "height", "width"))
+        if (top | left | h | w) % 2:
+            continue
+        view = InceptionCrop(40, False)
+        torch.manual_seed(seed)
+        view.reduce(240, 180)
+        image = Image.fromarray(half)
+        image.info["scale"] = 2
+        got = view(image).int()
+        pixels_ = torch.from_numpy(half).permute(2, 0, 1)
+        want = v2.functional.resized_crop(pixels_, top // 2, left // 2, h // 2, w // 2, [40, 40])
+        diff = (got - want.int()).abs()
+        assert diff[:, 2:-2, 2:-2].max() <= 1 and diff.float().mean() < 0.6, seed
+        checked += 1
+    assert checked >= 5
+
+
 def pil_resized(a: np.ndarray, resize: int, resample) -> np.ndarray:
     """Shorter side to `resize`, longer rounded down, by Pillow: (C, H, W) float."""
     c, h, w = a.shape
@@ -231,6 +279,22 @@ def test_the_float_road_rounds_and_clamps_to_uint8():
     assert got.min() == 0 and got.max() == 255
     assert np.abs(got - want).mean() < 2.5  # truncation would be ~0.5 level lower on average
     assert abs((got - want).mean()) < 0.2
+
+
+def test_eval_views_default_to_one_bilinear_centre_crop_and_eval_batch_passes_its_choice():
+    x = pixels(2, 3, 50, 77, seed=6, low=56, high=200)
+    want = [np_centre(pil_resized(a.numpy(), 36, Image.BILINEAR), 32) for a in x]
+    got = eval_views(x, 36, 32)
+    assert got.shape == (2, 3, 32, 32)
+    assert max(np.abs(g.numpy() - w).max() for g, w in zip(got, want)) <= 1
+    for interpolation, resample in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+        got = eval_batch(x, 36, 32, False, interpolation)
+        for g, a in zip(got, x):
+            want = np_centre(pil_resized(a.numpy(), 36, resample), 32)
+            assert np.abs(g.numpy() - want).max() <= 1
+    np.testing.assert_array_equal(
+        eval_batch(x, 36, 32, False).numpy(), eval_views(x, 36, 32).numpy()
+    )
 
 
 def test_an_image_at_the_resize_size_is_only_cropped():
@@ -374,6 +438,38 @@ def test_with_both_on_each_takes_its_own_alpha():
     # Every batch draws a fresh lam (a small seed space would repeat them; float32 targets
     # may round two of Beta(0.3, 0.3)'s draws near 0 or 1 together).
     assert len(np.unique(lams[~cut])) > 0.97 * (~cut).sum()
+
+
+@pytest.mark.parametrize(("h", "w"), [(4, 6), (5, 5)])
+def test_tiny_cutmix_boxes_have_the_rules_frequencies(h, w):
+    """On a tiny image every (top, height) and (left, width) the rule gives is frequent enough to
+    count: the pasted boxes' frequencies against the simulated rule's (chi-square, p > 0.001).
+    A centre that never falls on the first row or column loses the boxes of one pixel there."""
+    boxes, _, _ = pasted_boxes(h, w, 0.0, 1.0, 1500)
+    got = np.array([b for b in boxes if b is not None])
+    ref = cutmix_reference(200_000, h, w, 1.0, seed=h + w)
+    ref = ref[ref[:, 2] * ref[:, 3] > 0]
+    for start, side in ((0, h), (1, w)):
+        # One cell per (top, height) or (left, width).
+        ref_cells, got_cells = (a[:, start] * (side + 1) + a[:, start + 2] for a in (ref, got))
+        expected = np.bincount(ref_cells, minlength=(side + 1) ** 2) / len(ref)
+        observed = np.bincount(got_cells, minlength=len(expected))
+        assert not observed[expected == 0].any()  # nothing the rule cannot give
+        keep = expected > 0
+        result = stats.chisquare(observed[keep], expected[keep] * len(got))
+        assert result.pvalue > 0.001, (start, observed, np.round(expected * len(got)))
+
+
+def test_the_choice_between_mixup_and_cutmix_comes_from_the_generator():
+    """With both on, whatever the global generators hold, one step's generator gives one batch."""
+    x, y = torch.randn(6, 3, 8, 8), torch.arange(6)
+    outs = []
+    for global_seed in range(8):
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)
+        outs.append(mix(x, y, 6, 0.4, 1.0, torch.Generator().manual_seed(11)))
+    for xm, t in outs[1:]:
+        assert torch.equal(xm, outs[0][0]) and torch.equal(t, outs[0][1])
 
 
 def test_without_alpha_nothing_is_mixed():
