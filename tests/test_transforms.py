@@ -242,7 +242,8 @@ def np_centre(a: np.ndarray, crop: int) -> np.ndarray:
 
 @pytest.mark.parametrize("road", ["uint8", "float"])
 @pytest.mark.parametrize(
-    ("h", "w", "resize", "crop"), [(50, 77, 36, 32), (91, 60, 40, 31), (37, 40, 36, 36)]
+    ("h", "w", "resize", "crop"),
+    [(50, 77, 36, 32), (91, 60, 40, 31), (37, 40, 36, 36), (10, 14, 3, 3)],
 )
 def test_nearest_views_are_torchs_floor_rule_exactly(h, w, resize, crop, road):
     """`nearest` (no antialiasing) takes source pixel floor(i * in / out), on the CPU's uint8
@@ -295,6 +296,15 @@ def test_eval_views_default_to_one_bilinear_centre_crop_and_eval_batch_passes_it
     np.testing.assert_array_equal(
         eval_batch(x, 36, 32, False).numpy(), eval_views(x, 36, 32).numpy()
     )
+
+
+@pytest.mark.parametrize(("h", "w"), [(30, 36), (36, 30)])
+def test_an_image_whose_longer_side_is_the_resize_size_is_still_resized(h, w):
+    """One image (C, H, W): it is the shorter side that is brought to `resize`."""
+    x = pixels(1, 3, h, w, seed=h, low=56, high=200)[0]
+    got = eval_views(x, 36, 32, False, "bilinear")
+    want = np_centre(pil_resized(x.numpy(), 36, Image.BILINEAR), 32)
+    assert got.shape == (3, 32, 32) and np.abs(got.numpy() - want).max() <= 1
 
 
 def test_an_image_at_the_resize_size_is_only_cropped():
