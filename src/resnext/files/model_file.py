@@ -100,10 +100,8 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
         # An open file, not the path: torch.load hands any path named *.safetensors to safetensors.
         with open(path, "rb") as f:
             obj = torch.load(f, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path} is not a model file: {one_line(e)}") from None
-        if not _pickles_whole(path):  # the weights-only unpickler read a torn stream
+    except pickle.UnpicklingError:  # torch's weights-only unpickler refused something
+        if not _pickles_whole(path):  # a torn stream, not an unsafe object
             raise CheckpointError(f"cannot read {path}: truncated or corrupt") from None
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, "
