@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ from resnext.extras import require
 from resnext.files.checkpoint import CheckpointError, current_umask, save_checkpoint
 
 SAFETENSORS_META_KEY = "resnext"
+# safetensors refuses a header over 100 MB (its MAX_HEADER_SIZE), so no such file has one.
+SAFETENSORS_MAX_HEADER = 100_000_000
 # The keys of a checkpoint that describe the model (JSON-able, no tensors, no training state).
 METADATA_KEYS = (
     "spec",
@@ -94,15 +97,17 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a model file (neither a PyTorch nor a safetensors file)"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path} is not a model file: {one_line(e)}") from None
+        # An open file, not the path: torch.load hands any path named *.safetensors to safetensors.
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only unpickler refused something
+        if not _pickles_whole(path):  # a torn stream, not an unsafe object
+            raise CheckpointError(f"cannot read {path}: truncated or corrupt") from None
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, "
             "and unpickling them could run code"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
+    except Exception as e:  # a torn legacy file also raises IndexError, struct.error, ...
         reason = one_line(e).split(". ")[0]
         raise CheckpointError(f"cannot read {path}: truncated or corrupt ({reason})") from None
     if not isinstance(obj, dict):
@@ -114,27 +119,24 @@ EXPORTED = ("onnx", "torchscript", "exported-program")
 
 
 def file_kind(path: Path) -> str | None:
-    """ "torch" (zip or legacy pickle), "safetensors", "onnx" (by suffix: a protobuf has no
-    signature), "torchscript" or "exported-program" (zip archives holding code/ or
-    archive_format), or None, from the first bytes and the archive's names."""
+    """ "torch" (zip or legacy pickle), "safetensors", "torchscript" or "exported-program" (zip
+    archives holding code/ or archive_format), from the first bytes and the archive's names,
+    whatever the suffix; "onnx" by suffix only (a protobuf has no signature); else None."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if path.suffix == ".onnx" and head:
-        return "onnx"
-    if head.startswith(b"PK"):
-        return _archive_kind(path)
-    if head[:1] == b"\x80":
-        return "torch"
-    if len(head) == 9 and head[8:9] == b"{":
-        size = int.from_bytes(head[:8], "little")
-        if 0 < size <= path.stat().st_size:
-            return "safetensors"
-        return "torch" if path.suffix != ".safetensors" else "safetensors"
-    if path.suffix == ".safetensors" and head:
-        return "safetensors"  # let safetensors say what is wrong with it
     if not head:
         raise CheckpointError(f"{path} is empty, not a model file")
-    return None
+    if head.startswith(b"PK"):
+        return _archive_kind(path)
+    if head[:1] == b"\x80":  # pickle protocol 2+, as torch.save's legacy format starts
+        return "torch"
+    # safetensors: an 8-byte little-endian header length, then the JSON header. A whole or a
+    # torn file alike (safetensors names the damage); text bytes make lengths of ~2**60.
+    size = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and head[8:9] == b"{" and 0 < size <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    # A damaged .safetensors file goes to safetensors too, to say what is wrong with it.
+    return {".onnx": "onnx", ".safetensors": "safetensors"}.get(path.suffix)
 
 
 def _archive_kind(path: Path) -> str:
@@ -151,6 +153,24 @@ def _archive_kind(path: Path) -> str:
     if any(t.startswith("code/") for t in tails):
         return "torchscript"
     return "torch"
+
+
+def _pickles_whole(path: Path) -> bool:
+    """Whether a file that torch's weights-only unpickler refused is whole: a zip (torch's zip
+    reader checked it), or pickles that parse to their STOP (torch.save's legacy format is five:
+    magic number, protocol, system info, the object, storage keys). pickletools runs nothing."""
+    if zipfile.is_zipfile(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            for _ in range(5):
+                if not f.peek(1):
+                    break
+                for _ in pickletools.genops(f):
+                    pass
+    except Exception:  # pickletools raises ValueError, struct.error, ... on a torn stream
+        return False
+    return True
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
