@@ -645,6 +645,9 @@ def run_in_child(job) -> str:
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         os.close(r)
+        # The parent's OpenMP pool did not survive the fork: a parallel torch op here would wait
+        # for its threads forever (seen in the full suite). One thread runs inline.
+        torch.set_num_threads(1)
         try:
             msg = job()
         except BaseException as e:
@@ -665,10 +668,12 @@ def test_a_checkpoint_over_the_file_size_limit_is_one_clear_error(tmp_path, exis
         save_checkpoint(path, {"model": tensors(1)})
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
+    payload = {"model": {"w": torch.zeros(50_000)}}  # made here: the child only writes
+
     def job():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
-        save_checkpoint(path, {"model": {"w": torch.zeros(50_000)}})
+        save_checkpoint(path, payload)
         return "saved"
 
     msg = run_in_child(job)
