@@ -166,7 +166,24 @@ def test_imported_weights_of_as_many_classes_take_the_folder_s_order(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="resnext.training.evaluation"):
         r = evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "data"), workers=0)
     assert r["images"] == len(CLASSES) * len(SIZES)
-    assert "names its 6 classes otherwise" in caplog.text and "class 0 vs ant" in caplog.text
+    data = repr(str(tmp_path / "data"))
+    assert (
+        f"{path} names its 6 classes otherwise than folder {data} (class 0 vs ant)" in caplog.text
+    )
     _folder(tmp_path / "five", np.random.default_rng(0), CLASSES[:5])
     with pytest.raises(ValueError, match="other classes"):  # the count must agree
         evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "five"), workers=0)
+
+
+def test_a_file_without_class_names_evaluates_any_folder(tmp_path):
+    _folder(tmp_path / "data", np.random.default_rng(0))
+    path, _ = _checkpoint(tmp_path, 3, class_names=None)
+    r = evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "data"), workers=0)
+    assert r["images"] == len(CLASSES) * len(SIZES)
+
+
+def test_an_in_memory_set_of_other_channels_is_refused(tmp_path):
+    """digits is decoded into memory as grey 8x8 images; a colour model cannot take them."""
+    path, _ = _checkpoint(tmp_path, 3, class_names=None)
+    with pytest.raises(ValueError, match=f"digits '' holds 1-channel images; {path} takes 3"):
+        evaluation.evaluate_checkpoint(path, "digits")
