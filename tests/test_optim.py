@@ -65,6 +65,7 @@ def test_cosine_schedule_is_torch_s_warmup_then_cosine_annealing(overrides, step
         ({"epochs": 10, "milestones": (3, 6, 9)}, 4),
         ({"epochs": 7, "milestones": (2, 5), "gamma": 0.5, "batch_size": 256}, 5),
         ({"epochs": 8, "milestones": (4,), "gamma": 0.2, "warmup_epochs": 2}, 3),
+        ({"epochs": 6, "milestones": (2, 4), "warmup_epochs": 2}, 5),  # decay as warm-up ends
     ],
 )
 def test_step_schedule_is_torch_s_multistep(overrides, steps_per_epoch):
