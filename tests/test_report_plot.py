@@ -96,7 +96,7 @@ def test_left_panel_is_each_member_s_mean_and_std(figure):
     ticks = [t.get_text() for t in left.get_xticklabels()]
     assert list(left.get_xticks()) == list(range(len(members)))
     assert ticks == [f"{m['label']}\n{m['macs_ratio']:.2f}x MACs" for m in members]
-    assert "top-1 error (%)" in left.get_ylabel()
+    assert left.get_ylabel() == "final top-1 error (%)" and "mean ± std" in left.get_title()
 
 
 def test_right_panel_is_each_member_s_mean_curves(figure):
@@ -126,5 +126,5 @@ def test_right_panel_is_each_member_s_mean_curves(figure):
     lo, hi = right.get_xlim()
     ticks = [t for t in right.get_xticks() if lo <= t <= hi]
     assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs
-    assert right.get_xlabel() == "epochs" and "top-1 error (%)" in right.get_ylabel()
+    assert (right.get_xlabel(), right.get_ylabel()) == ("epochs", "top-1 error (%)")
     assert "val (solid)" in right.get_title() and "train (dashed)" in right.get_title()
