@@ -65,10 +65,10 @@ class EMA:
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards the current weights."""
-        for e, m in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(m.detach(), 1 - self.decay)
-        for e, m in zip(self.module.buffers(), model.buffers()):
-            e.copy_(m)
+        with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+            for e, m in zip(self.module.parameters(), model.parameters()):
+                e.lerp_(m.detach(), 1 - self.decay)
+            for e, m in zip(self.module.buffers(), model.buffers()):
+                e.copy_(m)
