@@ -133,3 +133,14 @@ def test_evaluation_runs_in_eval_mode_without_gradients(with_parameter, precisio
     assert m["top1_error"] == pytest.approx(25.0)
     assert model.calls == [{"training": False, "grad": False, "autocast": precision == "bf16",
                             "channels_last": channels_last, "shape": (4, 6, 2, 2)}]  # fmt: skip
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_single_image_is_all_right_or_all_wrong(right):
+    logits = np.array([[0.1, 3.0, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    y = np.array([1 if right else 0])
+    m = evaluate(Scores(), _batches(logits, y, [1]))
+    assert m["images"] == 1
+    assert m["top1_error"] == (0.0 if right else 100.0)
+    assert m["top5_error"] == (0.0 if right else 100.0)  # label 0 has the lowest logit
+    assert m["loss"] == pytest.approx(-_log_softmax(logits)[0, y[0]])

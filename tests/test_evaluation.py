@@ -26,9 +26,9 @@ PRE = {
 PIL_FILTER = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
-def _spec(channels: int) -> ModelSpec:
+def _spec(channels: int, classes: int) -> ModelSpec:
     return ModelSpec(
-        "cifar", "bottleneck", (1, 1, 1), 2, 4, len(CLASSES), in_channels=channels, base_planes=16
+        "cifar", "bottleneck", (1, 1, 1), 2, 4, classes, in_channels=channels, base_planes=16
     )
 
 
@@ -45,9 +45,9 @@ def _folder(root, rng, classes=CLASSES) -> list[tuple[object, int]]:
     return files
 
 
-def _checkpoint(tmp_path, channels: int, **extra):
+def _checkpoint(tmp_path, channels: int, classes: int = len(CLASSES), **extra):
     torch.manual_seed(channels)
-    model = build_model(_spec(channels)).eval()
+    model = build_model(_spec(channels, classes)).eval()
     for m in model.modules():  # trained-looking statistics, and logits with clear margins
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)
@@ -98,7 +98,7 @@ def spy(monkeypatch):
 @pytest.mark.parametrize(
     "channels, resize, crop, ten_crop",
     [(3, None, None, False), (3, None, 14, False), (3, 20, 12, True), (1, None, None, False),
-     (1, 16, None, False)],
+     (1, 16, 16, False)],  # resize = crop: Table 5's 320x320
 )  # fmt: skip
 def test_the_model_sees_pillow_s_views_and_the_errors_are_numpy_s(
     tmp_path, spy, channels, resize, crop, ten_crop
@@ -142,13 +142,14 @@ def test_resize_below_crop_is_refused_before_reading(tmp_path):
         evaluation.evaluate_checkpoint(tmp_path / "absent.pt", "folder", "", 20, 24)
 
 
-def test_the_default_workers_are_asked_when_none_are_given(tmp_path, monkeypatch):
+def test_by_default_one_centre_crop_and_the_default_workers(tmp_path, monkeypatch, spy):
     _folder(tmp_path / "data", np.random.default_rng(0))
     path, _ = _checkpoint(tmp_path, 3)
     asked = []
     monkeypatch.setattr(evaluation, "default_workers", lambda: asked.append(1) or 0)
     r = evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "data"))
     assert asked == [1] and r["images"] == len(CLASSES) * len(SIZES)
+    assert r["ten_crop"] is False and all(x.shape[1:] == (3, 16, 16) for x, _ in spy["batches"])
 
 
 def test_a_model_of_other_classes_is_refused(tmp_path):
@@ -159,16 +160,23 @@ def test_a_model_of_other_classes_is_refused(tmp_path):
         evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "data"), workers=0)
 
 
-def test_imported_weights_of_as_many_classes_take_the_folder_s_order(tmp_path, caplog):
+@pytest.mark.parametrize(
+    "source",
+    [{"format": "torchvision", "file": "w.pth", "weights": "IMAGENET1K_V2"},  # as convert records
+     {"format": "timm", "file": "w.safetensors", "weights": None}, "pycls"],
+)  # fmt: skip
+def test_imported_weights_of_as_many_classes_take_the_folder_s_order(tmp_path, caplog, source):
     _folder(tmp_path / "data", np.random.default_rng(0))
     named = [f"class {i}" for i in range(len(CLASSES))]
-    path, _ = _checkpoint(tmp_path, 3, class_names=named, source="torchvision")
+    path, _ = _checkpoint(tmp_path, 3, class_names=named, source=source)
     with caplog.at_level(logging.WARNING, logger="resnext.training.evaluation"):
         r = evaluation.evaluate_checkpoint(path, "folder", str(tmp_path / "data"), workers=0)
     assert r["images"] == len(CLASSES) * len(SIZES)
     data = repr(str(tmp_path / "data"))
-    assert (
-        f"{path} names its 6 classes otherwise than folder {data} (class 0 vs ant)" in caplog.text
+    (record,) = [r for r in caplog.records if r.name == "resnext.training.evaluation"]
+    assert record.getMessage() == (
+        f"{path} names its 6 classes otherwise than folder {data} (class 0 vs ant); "
+        "taking the folders' sorted order as the model's class order"
     )
     _folder(tmp_path / "five", np.random.default_rng(0), CLASSES[:5])
     with pytest.raises(ValueError, match="other classes"):  # the count must agree
@@ -187,3 +195,15 @@ def test_an_in_memory_set_of_other_channels_is_refused(tmp_path):
     path, _ = _checkpoint(tmp_path, 3, class_names=None)
     with pytest.raises(ValueError, match=f"digits '' holds 1-channel images; {path} takes 3"):
         evaluation.evaluate_checkpoint(path, "digits")
+
+
+def test_a_grey_model_evaluates_an_in_memory_grey_set(tmp_path, spy):
+    """digits: the in-memory road (no files), its images checked against the model's channels."""
+    path, model = _checkpoint(tmp_path, 1, 10, class_names=None)
+    r = evaluation.evaluate_checkpoint(path, "digits", batch_size=128)
+    x = torch.cat([b[0] for b in spy["batches"]])
+    y = torch.cat([b[1] for b in spy["batches"]]).numpy()
+    assert x.shape[1:] == (1, 15, 15) and r["images"] == len(y) > 100
+    with torch.no_grad():
+        top1, top5 = _errors(model(x).double().numpy(), y)
+    assert r["top1_error"] == pytest.approx(top1) and r["top5_error"] == pytest.approx(top5)
