@@ -179,3 +179,110 @@ def test_the_table_shows_each_member_s_numbers(study):
     assert table.rstrip().endswith(
         "Not finished: cardinality-2x40d-seed2 (1/3 epochs), cardinality-4x24d-seed0 (0/3 epochs)."
     )
+
+
+def _final_errors_study(tmp_path: Path, study: StudyConfig, errors: dict[str, list]) -> Path:
+    """One-epoch runs whose final errors are `errors[label][seed]` (None: never started)."""
+    cfg = run_config(study, {"epochs": 1})
+    out = write_plan(study, cfg, tmp_path / "study")
+    for g in grid(study, cfg):
+        for seed, error in enumerate(errors.get(g["label"], [])):
+            if error is not None:
+                row = np.array([[error, 10.0, 500.0, 60.0]])
+                _write_run(out / run_name(g["arm"], g["label"], seed), row, [60.0])
+    return out
+
+
+@pytest.mark.parametrize(
+    "base, member",
+    [
+        ([20.0, 22.0, 27.0], [18.0, 18.5]),  # |z| > 2
+        ([20.0, 20.1], [20.05, 20.2, 20.12]),  # se < 1
+        ([30.0, 30.0], [25.0, 25.0]),  # no spread at all: se 0, no z
+        ([30.0, 30.0], [30.0, None, 30.0]),
+        ([20.0], [21.0, 23.0]),  # one side with one seed: no se yet
+        ([20.0, 23.0], [21.0]),
+    ],
+)
+def test_vs_base_is_welch_s_difference_and_standard_error(tmp_path, base, member):
+    from scipy import stats
+
+    two = StudyConfig(STUDY.template, (1, 2), "tiny", 3)
+    out = _final_errors_study(tmp_path, two, {"1x64d": base, "2x40d": member})
+    results = collect(out)
+    v = results["members"][1]["vs_base"]
+    b, m = np.array(base, dtype=float), np.array([e for e in member if e is not None])
+    assert v["delta"] == pytest.approx(m.mean() - b.mean(), rel=1e-12)
+    cell = [c.strip() for c in markdown(results).splitlines()[5].strip("|").split("|")][9]
+    if min(len(b), len(m)) < 2:
+        assert v["se"] is None and v["z"] is None
+        assert cell == f"{v['delta']:+.2f}"
+        return
+    se = np.sqrt(b.var(ddof=1) / len(b) + m.var(ddof=1) / len(m))
+    assert v["se"] == pytest.approx(se, rel=1e-9, abs=1e-12)
+    if se == 0:
+        assert v["z"] is None and cell == f"{v['delta']:+.2f} ± 0.00"
+    else:  # scipy's Welch t statistic is the same number
+        welch = stats.ttest_ind(m, b, equal_var=False).statistic
+        assert v["z"] == pytest.approx(welch, rel=1e-9)
+        assert cell == f"{v['delta']:+.2f} ± {se:.2f} (z {welch:+.1f})"
+
+
+def test_within_30_minutes_counts_the_epoch_that_ends_at_1800_s(tmp_path):
+    from resnext.study.report import run_summary
+
+    for i, seconds in enumerate(([1800.0], [900.0, 900.0, 1.0], [600.0] * 4, [450.0] * 4 + [1])):
+        errors = np.linspace(60, 10, len(seconds))  # the last epoch within is the best one
+        rows = np.column_stack([errors, errors, np.full(len(seconds), 100.0), seconds])
+        _write_run(tmp_path / str(i), rows, [])
+        inside = np.cumsum(seconds) <= 1800
+        got = run_summary(tmp_path / str(i), len(seconds))["best_error_within_30min"]
+        assert got == errors[inside].min()
+
+
+def test_a_directory_without_a_study_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path}.*study.json"):
+        collect(tmp_path)
+
+
+def test_a_study_without_its_template_has_no_base(tmp_path):
+    no_base = StudyConfig(STUDY.template, (2, 4), "tiny", 2)
+    out = _final_errors_study(tmp_path, no_base, {"2x40d": [20.0, 21.0], "4x24d": [19.0, 22.0]})
+    results = collect(out)
+    assert results["base"] is None
+    assert [m["vs_base"] for m in results["members"]] == [None, None]
+    table = markdown(results)
+    assert "difference from the template ± its standard error" in table
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[4:6]]
+    assert [row[9] for row in cells] == ["-", "-"]
+
+
+def test_results_json_names_the_plan_it_reports(study):
+    out, _ = study
+    plan = json.loads((out / "study.json").read_text())
+    results = json.loads(json.dumps(write_report(out)))
+    assert results["study"] == plan["study"] and results["config"] == plan["config"]
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_results_md_renders_as_one_table_with_a_row_per_member(study):
+    """Python-Markdown's own table extension (tensorboard's dependency, in the test extra)."""
+    import xml.etree.ElementTree as ET
+
+    markdown_lib = pytest.importorskip("markdown")
+    out, _ = study
+    results = write_report(out)
+    html = markdown_lib.markdown((out / "results.md").read_text(), extensions=["tables"])
+    root = ET.fromstring(f"<root>{html}</root>")
+    (table,) = root.iter("table")
+    header = [th.text for th in table.iter("th")]
+    rows = [[td.text or "" for td in tr.iter("td")] for tr in table.find("tbody")]
+    assert len(header) == 15 and header[:2] == ["arm", "model"]
+    assert len(rows) == len(results["members"]) and all(len(r) == len(header) for r in rows)
+    assert [r[1] for r in rows] == [m["model"] for m in results["members"]]
+    # every number column right-aligned, the two name columns not
+    aligned = [th.get("style", "") for th in table.iter("th")]
+    assert ["right" in a for a in aligned] == [False, False] + [True] * 13
+    paragraphs = [p.text or "" for p in root.iter("p")]
+    assert paragraphs[0].startswith("Top-1 error (%)")
+    assert paragraphs[-1] == "Not finished: " + ", ".join(results["unfinished"]) + "."

@@ -84,9 +84,18 @@ def _check_classes(model: Any, classes: list[str], path: Any, where: str) -> Non
     ours = model.class_names
     if not ours or common_classes(list(ours), classes) is not None:
         return
-    if len(ours) != len(classes) or not getattr(model, "source", None):
+    if len(ours) != len(classes) or not _imported(model):
         raise ValueError(f"{path} was trained on other classes than {where} holds")
     log.warning(
         "%s names its %d classes otherwise than %s (%s vs %s); taking the folders' sorted "
         "order as the model's class order", path, len(ours), where, ours[0], classes[0],
     )  # fmt: skip
+
+
+def _imported(model: Any) -> bool:
+    """Weights from another library (torchvision, timm, pycls). Every loaded model has a `source`
+    (convert.import_state records our own files as format "resnext"), so it is the format that
+    tells them apart."""
+    source = getattr(model, "source", None)
+    fmt = source.get("format") if isinstance(source, dict) else source
+    return bool(fmt) and fmt != "resnext"

@@ -43,8 +43,8 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate of optimizer step `step`: linear warm-up, then step decay or cosine."""
     base = peak_lr(cfg)
     warm = cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return base * (step + 1) / warm
+    if step < warm:  # a fractional warm-up's last step ends past it: capped at the peak
+        return base * min(1.0, (step + 1) / warm)
     if cfg.schedule == "step":  # divided by 10 at each milestone epoch (section 4, Appendix A)
         epoch = step // steps_per_epoch
         return base * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
@@ -65,10 +65,10 @@ class EMA:
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards the current weights."""
-        for e, m in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(m.detach(), 1 - self.decay)
-        for e, m in zip(self.module.buffers(), model.buffers()):
-            e.copy_(m)
+        with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+            for e, m in zip(self.module.parameters(), model.parameters()):
+                e.lerp_(m.detach(), 1 - self.decay)
+            for e, m in zip(self.module.buffers(), model.buffers()):
+                e.copy_(m)
