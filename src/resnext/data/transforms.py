@@ -122,7 +122,7 @@ class InceptionCrop:
             size = image.shape[:-3:-1] if isinstance(image, Tensor) else image.size
             drawn = self.draw(*size)
         (top, left, h, w), flip = drawn
-        if scale == 1:  # torchvision's uint8 resize (within 1 of PIL's), 5x faster than PIL's
+        if scale == 1:  # torchvision's uint8 resize (within 1-2 of PIL's), 5x faster than PIL's
             x = image if isinstance(image, Tensor) else image_tensor(image)
             x = TF.resize(x[..., top : top + h, left : left + w], [self.size] * 2, antialias=True)
         else:  # PIL's resize takes the box at reduced scale exactly, fractions included
@@ -163,8 +163,9 @@ def eval_views(
     shorter side to `resize` (antialiased; the longer side rounded down, as torchvision does),
     then the centre `crop`, or the ten crops (corners, centre and mirrors) in a new dim after N.
 
-    On the CPU, uint8 images are resized as uint8 (torchvision's kernel: within 1 of PIL's
-    resize, the one torchvision's presets apply to PIL images, and 5-10x faster than in float);
+    On the CPU, uint8 images are resized as uint8 (torchvision's kernel: within 1 grey level of
+    PIL's resize, the one torchvision's presets apply to PIL images, on contiguous tensors and 2
+    on decoded, channels-last ones (tests/test_evaluation.py); 5-10x faster than in float);
     elsewhere in float, rounded back to uint8 (also within 1 of PIL's). Images are resized one
     by one either way, so an image gives the same pixels alone or in a batch.
     """
