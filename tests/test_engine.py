@@ -282,62 +282,6 @@ def test_the_model_sees_the_layout_asked_for(channels_last):
     assert seen == [x.contiguous(memory_format=layout).stride()]
 
 
-class _Logits(torch.nn.Module):
-    """A 'model' whose logits are its input (N, K, 1, 1), to score known logits."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        return x.flatten(1) + self.w
-
-
-def _numpy_scores(logits, y, crops):
-    """Top-1/top-5 error and mean loss from numpy: ten-crop scores are the mean of the crops'
-    softmax, the loss the negative log of that mean at the label."""
-    import numpy as np
-
-    z = logits.double().numpy().reshape(len(y), crops, -1)
-    p = np.exp(z - z.max(-1, keepdims=True))
-    p = (p / p.sum(-1, keepdims=True)).mean(1)
-    order = np.argsort(-p, axis=1, kind="stable")
-    y = y.numpy()
-    top1 = (order[:, 0] == y).mean()
-    top5 = (order[:, :5] == y[:, None]).any(1).mean()
-    loss = -np.log(p[np.arange(len(y)), y]).mean()
-    return 100 * (1 - top1), 100 * (1 - top5), loss
-
-
-@pytest.mark.parametrize("crops", [1, 10])
-@pytest.mark.parametrize("batches", [1, 3])
-def test_evaluate_against_numpy(crops, batches):
-    """Random logits (no ties), crops that disagree, several batches of unequal sizes."""
-    gen = torch.Generator().manual_seed(crops * 10 + batches)
-    sizes = [7, 5, 1][:batches]
-    xs = [torch.randn(n, crops, 12, generator=gen) * 3 for n in sizes]
-    ys = [torch.randint(0, 12, (n,), generator=gen) for n in sizes]
-    data = [
-        (x.view(len(y), crops, 12, 1, 1) if crops > 1 else x.view(len(y), 12, 1, 1), y)
-        for x, y in zip(xs, ys)
-    ]
-    m = evaluate(_Logits(), data)
-    top1, top5, loss = _numpy_scores(torch.cat(xs), torch.cat(ys), crops)
-    assert m["images"] == sum(sizes)
-    assert m["top1_error"] == pytest.approx(top1)
-    assert m["top5_error"] == pytest.approx(top5)
-    assert m["loss"] == pytest.approx(loss, rel=1e-5)
-
-
-@pytest.mark.parametrize("classes", [2, 4, 5, 6])
-def test_evaluate_has_no_top5_below_five_classes(classes):
-    x, y = torch.randn(6, classes, 1, 1), torch.randint(0, classes, (6,))
-    m = evaluate(_Logits(), [(x, y)])
-    top1, top5, loss = _numpy_scores(x.view(6, 1, classes), y, 1)
-    assert m["top5_error"] == (None if classes < 5 else pytest.approx(top5))
-    assert m["top1_error"] == pytest.approx(top1) and m["loss"] == pytest.approx(loss, rel=1e-5)
-
-
 def test_train_one_epoch_sets_each_steps_rate_and_sums_over_the_epoch():
     """The rate of step s is lr_at(s) (times the group's scale) when the step runs; the epoch's
     loss and error are means over its images; a resumed epoch (start, sums) ends with the
