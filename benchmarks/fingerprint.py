@@ -65,6 +65,15 @@ def weights_digest(run: Path) -> str:
     return h.hexdigest()
 
 
+def files_digest(root: Path) -> str:
+    """SHA-256 over the names and bytes of every file under `root`, in name order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def train(out: Path, *args: str) -> str:
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["train", "--recipe", "tiny", "--out", str(out), *args])
@@ -79,7 +88,8 @@ def fingerprints(work: Path) -> dict[str, str]:
         args = ["pack", "--data", str(folder), "--format", fmt, "--out", str(work / fmt)]
         if main([*args, "--shard-size", "7", "--name", "photos"]):
             raise SystemExit(f"pack --format {fmt} failed")
-    out = {"digits": train(work / "run-digits")}
+    out = {f"pack --format {fmt}": files_digest(work / fmt) for fmt in ("wds", "parquet")}
+    out["digits"] = train(work / "run-digits")
     for name in ("folder", "wds", "parquet"):
         for workers in (0, 2):
             run = work / f"run-{name}-{workers}"
