@@ -42,13 +42,13 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from resnext.allocator import tune_allocator
+from resnext.cpus import usable_cpus
 from resnext.data.batches import (
     PerImage,
     eval_batches,
     loader,
     train_batches,
     train_indices,
-    usable_cpus,
 )
 from resnext.data.datasets import load_dataset
 from resnext.data.pack import pack_dataset
@@ -139,7 +139,7 @@ def pipelines(root: Path, layouts: dict, batch: int, workers: int) -> dict:
         ("eval", "torchvision"): lambda r: reference(root, False, batch, workers),
     }
     for name, data in layouts.items():
-        out[("train", f"ours {name}")] = lambda r, d=data: train_batches(d, cfg, r, 0, 0, 1)
+        out[("train", f"ours {name}")] = lambda r, d=data: train_batches(d, cfg.feed(), r, 0, 0, 1)
         out[("train", f"ours {name}, feed only")] = lambda r, d=data: feed_only(d, cfg, r)
         if name == "folder":
             out[("train", "ours folder, feed only, no draft")] = lambda r, d=data: feed_only(

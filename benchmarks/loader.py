@@ -48,7 +48,7 @@ def main() -> None:
     decode = time.perf_counter() - began
 
     began, n = time.perf_counter(), 0
-    for i, (_x, y) in enumerate(train_batches(data, cfg, 0, 0, 0, 1)):
+    for i, (_x, y) in enumerate(train_batches(data, cfg.feed(), 0, 0, 0, 1)):
         n += len(y)
         if i + 1 == args.loader_steps:
             break
@@ -58,7 +58,7 @@ def main() -> None:
     raw = build_model(spec).to(memory_format=torch.channels_last)
     t = Trainee(raw, raw, build_optimizer(raw, cfg), torch.amp.GradScaler("cpu", enabled=False))
     gen = torch.Generator().manual_seed(0)
-    batches = train_batches(data, cfg, 0, 0, 0, 1)
+    batches = train_batches(data, cfg.feed(), 0, 0, 0, 1)
     train_step(t, *next(batches), cfg, gen)  # warm-up
     began, n = time.perf_counter(), 0
     for i, (x, y) in enumerate(batches):

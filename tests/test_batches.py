@@ -16,12 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from resnext.data import batches
+from resnext import cpus
+from resnext.cpus import default_workers
+from resnext.data.bad_images import BadImageError, BadImages
 from resnext.data.batches import (
     LoaderError,
     PerImage,
     collate_readable,
-    default_workers,
     epoch_permutation,
     eval_batches,
     eval_indices,
@@ -31,7 +32,8 @@ from resnext.data.batches import (
     train_batches,
     train_indices,
 )
-from resnext.data.imageset import BadImageError, ImageSet
+from resnext.data.records import FileRecords, ShardRecords
+from resnext.data.samples import ImageSet
 from resnext.training.config import resolve_config
 
 
@@ -158,19 +160,21 @@ def test_a_resumed_or_split_epoch_yields_the_uninterrupted_epochs_batches(augmen
     cfg = resolve_config("tiny", {"batch_size": 8, "augment": augment, "hflip": True,
                                   "pad": 2, "seed": 3})  # fmt: skip
     epoch = 1
-    whole = list(train_batches(data, cfg, epoch, 0, 0, 1))
+    whole = list(train_batches(data, cfg.feed(), epoch, 0, 0, 1))
     assert len(whole) == 37 // 8 and all(x.dtype == torch.float32 for x, _ in whole)
     order = train_indices(37, 8, cfg.seed, epoch)
     for (_, y), b in zip(whole, order):
         assert torch.equal(y, data.labels[b])
     for start in (0, 1, 3):
-        parts = [list(train_batches(data, cfg, epoch, start, r, world)) for r in range(world)]
+        parts = [
+            list(train_batches(data, cfg.feed(), epoch, start, r, world)) for r in range(world)
+        ]
         assert all(len(p) == len(whole) - start for p in parts)
         for s, (x, y) in enumerate(whole[start:]):
             assert torch.equal(torch.cat([p[s][0] for p in parts]), x)
             assert torch.equal(torch.cat([p[s][1] for p in parts]), y)
     if augment != "none":  # the draws change with the epoch: other crops of the same images
-        other = list(train_batches(data, cfg, 2, 0, 0, 1))
+        other = list(train_batches(data, cfg.feed(), 2, 0, 0, 1))
         assert not all(torch.equal(a[0], b[0]) for a, b in zip(whole, other))
 
 
@@ -219,7 +223,7 @@ def folder(tmp_path, sizes, bad=()):
             Image.new("L", size, 10 * k).save(p)
         paths.append(p)
     labels = torch.arange(len(sizes)) % 2
-    return ImageSet(["a", "b"], labels, paths=paths, decode_channels=1)
+    return ImageSet(["a", "b"], labels, records=FileRecords(paths), decode_channels=1)
 
 
 def to_tensor(image):
@@ -228,8 +232,8 @@ def to_tensor(image):
 
 def test_bad_files_are_left_out_of_their_batch_and_noted(tmp_path, caplog):
     data = folder(tmp_path, [(6, 6), (6, 6), (3, 9), (6, 6), (6, 6)], bad=(1, 4))
-    data.min_size = 4  # the 3 px wide image is too small
-    with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
+    data.bad.min_size = 4  # the 3 px wide image is too small
+    with caplog.at_level(logging.WARNING, logger="resnext.data"):
         out = list(loader(PerImage(data, to_tensor), [torch.tensor([0, 1, 2]),
                                                       torch.tensor([4]), torch.tensor([3])],
                           0, False))  # fmt: skip
@@ -238,10 +242,10 @@ def test_bad_files_are_left_out_of_their_batch_and_noted(tmp_path, caplog):
     assert k0.tolist() == [0] and y0.tolist() == [0] and x0[0, 0, 0, 0] == 0
     assert y1.tolist() == [] and k1.tolist() == []
     assert k2.tolist() == [0] and y2.tolist() == [1] and x2[0, 0, 0, 0] == 30
-    assert data.bad == {str(data.paths[k]) for k in (1, 2, 4)}
+    assert data.bad.files == {data.name(k) for k in (1, 2, 4)}
     assert any("3x9 px, smaller than the 4 px" in r.getMessage() for r in caplog.records)
-    data.on_bad, data.bad = "error", set()
-    with pytest.raises(BadImageError, match=f"bad image {data.paths[1]}"):
+    data = data.replace(bad=BadImages("error"))
+    with pytest.raises(BadImageError, match=f"bad image {data.name(1)}"):
         list(loader(PerImage(data, to_tensor), [torch.tensor([0, 1])], 0, False))
 
 
@@ -253,11 +257,9 @@ def test_an_error_of_the_transform_names_the_file(tmp_path):
             raise ZeroDivisionError("boom")
         return to_tensor(image)
 
-    with pytest.raises(
-        LoaderError, match=f"^cannot load {data.paths[1]}: ZeroDivisionError: boom$"
-    ):
+    with pytest.raises(LoaderError, match=f"^cannot load {data.name(1)}: ZeroDivisionError: boom$"):
         list(loader(PerImage(data, fails_on_the_second), [torch.tensor([0, 1])], 0, False))
-    assert data.bad == set()
+    assert data.bad.files == set()
 
 
 def test_per_image_draws_depend_on_seed_epoch_and_index():
@@ -281,18 +283,18 @@ def test_per_image_draws_depend_on_seed_epoch_and_index():
 
 
 def test_without_an_affinity_mask_the_cpu_count_is_used(monkeypatch):
-    monkeypatch.delattr(batches.os, "sched_getaffinity", raising=False)
-    monkeypatch.setattr(batches.os, "cpu_count", lambda: 3)
-    assert batches.usable_cpus() == 3
+    monkeypatch.delattr(cpus.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(cpus.os, "cpu_count", lambda: 3)
+    assert cpus.usable_cpus() == 3
     assert default_workers() == 3 and default_workers(2) == 2 and default_workers(8) == 3
-    monkeypatch.setattr(batches.os, "cpu_count", lambda: None)
-    assert batches.usable_cpus() == 1
+    monkeypatch.setattr(cpus.os, "cpu_count", lambda: None)
+    assert cpus.usable_cpus() == 1
 
 
 def test_usable_cpus_follow_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no affinity masks on this system")
-    assert batches.usable_cpus() == len(os.sched_getaffinity(0))
+    assert cpus.usable_cpus() == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize(("size", "pad"), [(8, 1), (32, 4), (4, 2), (3, 2)])
@@ -300,7 +302,7 @@ def test_the_smallest_image_is_what_the_crop_needs(size, pad):
     for augment in ("crop_flip", "none", "inception"):
         cfg = resolve_config("tiny", {"augment": augment, "train_size": size, "pad": pad})
         want = max(size - 2 * pad, 1) if augment == "crop_flip" else 1
-        assert smallest_image(cfg) == want
+        assert smallest_image(cfg.feed()) == want
 
 
 class Recording:
@@ -323,7 +325,7 @@ def test_a_transforms_reduce_takes_part_in_decoding(tmp_path):
     """`reduce` sees the full size before decoding, and a JPEG then decodes that much smaller
     (PIL's draft mode): the inception crop's fast path."""
     Image.new("L", (64, 48), 90).save(tmp_path / "0.jpg")
-    data = ImageSet(["a"], torch.zeros(1, dtype=torch.int64), paths=[tmp_path / "0.jpg"],
+    data = ImageSet(["a"], torch.zeros(1, dtype=torch.int64), records=FileRecords([tmp_path / "0.jpg"]),
                     decode_channels=1)  # fmt: skip
     for factor in (1, 2, 4):
         t = Recording(factor)
@@ -334,14 +336,14 @@ def test_a_transforms_reduce_takes_part_in_decoding(tmp_path):
 
 def test_the_sets_pixel_limit_applies_to_files_read_by_workers(tmp_path):
     data = folder(tmp_path, [(6, 6), (5, 4)])
-    data.max_pixels = 25  # 6x6 is over, 5x4 under
+    data.bad.max_pixels = 25  # 6x6 is over, 5x4 under
     out = [PerImage(data, to_tensor)[i] for i in range(2)]
     assert out[0][0] is None and "over the limit of 25" in out[0][2][1]
-    assert out[0][2][0] == str(data.paths[0]) and out[0][2][2] is False
+    assert out[0][2][0] == data.name(0) and out[0][2][2] is False
     assert out[1][2] is None
 
 
-class Shards:
+class Shards(ShardRecords):
     """Records whose second one cannot be read (a disk error while reading a shard)."""
 
     def __init__(self, tmp_path) -> None:
@@ -375,7 +377,7 @@ def test_an_unreadable_record_is_named_by_its_record(tmp_path):
 def test_a_non_image_file_is_bad_with_the_decoders_reason(tmp_path):
     data = folder(tmp_path, [(6, 6), (6, 6)], bad=(1,))
     _, _, (path, reason, fatal) = PerImage(data, to_tensor)[1]
-    assert path == str(data.paths[1]) and not fatal
+    assert path == data.name(1) and not fatal
     assert "cannot identify image file" in reason
 
 
@@ -449,8 +451,12 @@ def test_in_memory_inception_crops_and_flips_per_image():
     data = images(32, size=12)
     base = {"batch_size": 32, "augment": "inception", "train_size": 8, "seed": 1,
             "color_jitter": 0.0, "lighting": 0.0}  # fmt: skip
-    plain = next(train_batches(data, resolve_config("tiny", base | {"hflip": False}), 0, 0, 0, 1))
-    flips = next(train_batches(data, resolve_config("tiny", base | {"hflip": True}), 0, 0, 0, 1))
+    plain = next(
+        train_batches(data, resolve_config("tiny", base | {"hflip": False}).feed(), 0, 0, 0, 1)
+    )
+    flips = next(
+        train_batches(data, resolve_config("tiny", base | {"hflip": True}).feed(), 0, 0, 0, 1)
+    )
     assert plain[0].shape == flips[0].shape == (32, 1, 8, 8)  # cut from 12 px images
     same = [torch.equal(a, b) for a, b in zip(plain[0], flips[0])]
     mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(plain[0], flips[0])]
@@ -462,10 +468,10 @@ def test_a_batch_of_only_bad_files_is_skipped_and_the_epoch_goes_on(tmp_path):
     cfg = resolve_config("tiny", {"batch_size": 2, "augment": "none", "train_size": 6})
     order = train_indices(6, 2, cfg.seed, 0)
     good = folder(tmp_path / "good", [(6, 6)] * 6)
-    whole = list(train_batches(good, cfg, 0, 0, 0, 1))
+    whole = list(train_batches(good, cfg.feed(), 0, 0, 0, 1))
     data = folder(tmp_path / "bad", [(6, 6)] * 6, bad=order[1].tolist())
-    got = list(train_batches(data, cfg, 0, 0, 0, 1))
-    assert len(got) == 2 and len(data.bad) == 2
+    got = list(train_batches(data, cfg.feed(), 0, 0, 0, 1))
+    assert len(got) == 2 and len(data.bad.files) == 2
     for (x, y), (wx, wy) in zip(got, [whole[0], whole[2]]):
         assert torch.equal(x, wx) and torch.equal(y, wy)
 
@@ -475,7 +481,7 @@ def test_evaluation_defaults_and_ten_crops_in_memory_and_from_files(tmp_path):
     pixels = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8, generator=g)
     memory = ImageSet(["a", "b"], torch.arange(5) % 2, pixels)
     files = folder(tmp_path, [(12, 12)] * 5)
-    for k, p in enumerate(files.paths):
+    for k, p in enumerate(files.records.paths):
         Image.fromarray(pixels[k, 0].numpy()).save(p)
     pre = resolve_config("tiny", {"eval_resize": 12, "eval_crop": 8}).preprocessing()
     one = [x for x, _ in eval_batches(memory, 2, pre)]  # defaults: one view, one process
@@ -523,10 +529,10 @@ def test_batches_land_on_the_training_device(tmp_path):
     """In-memory images on the GPU stay there; files decoded by workers are moved to it."""
     cfg = resolve_config("tiny", {"batch_size": 2, "augment": "none", "train_size": 6})
     memory = images(4, size=6)
-    memory.images, memory.labels = memory.images.cuda(), memory.labels.cuda()
+    memory = memory.to(torch.device("cuda"))
     files = folder(tmp_path, [(6, 6)] * 4)
     for data, device in ((memory, None), (files, torch.device("cuda"))):
-        for x, y in train_batches(data, cfg, 0, 0, 0, 1, device):
+        for x, y in train_batches(data, cfg.feed(), 0, 0, 0, 1, device):
             assert x.is_cuda and y.is_cuda
     for x, _ in eval_batches(files, 2, cfg.preprocessing()):
         assert x.device == torch.device("cuda", torch.cuda.current_device())

@@ -15,7 +15,8 @@ from resnext.cli import main
 from resnext.data.batches import eval_batches, eval_indices, train_indices
 from resnext.data.datasets import BadImageError, ImageSet, held_out_split, load_dataset
 from resnext.data.preprocessing import Preprocessing
-from resnext.data.transforms import crop_flip, draw_crop_flip, eval_batch, eval_image, mix
+from resnext.data.records import FileRecords
+from resnext.data.transforms import crop_flip, draw_crop_flip, eval_image, eval_views, mix
 
 from conftest import digit_image, write_image_folder
 
@@ -93,7 +94,7 @@ def test_folder_small_images_are_decoded_into_memory(tmp_path):
     assert val.classes == ["cat", "dog", "ship"] and val.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert val.images.shape == (6, 3, 32, 32) and val.images.dtype == torch.uint8
     files = load_dataset("folder", str(tmp_path), "val", in_memory="no")
-    assert files.images is None and len(files.paths) == 6
+    assert files.images is None and len(files.records.paths) == 6
     with pytest.raises(ValueError, match="no val or test folder"):
         load_dataset("folder", str(tmp_path / "train"), "val")
 
@@ -123,8 +124,8 @@ def test_crop_flip():
 
 def test_eval_views_match_per_image_and_batch():
     x = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8)
-    assert eval_batch(x, 40, 32, False).shape == (2, 3, 32, 32)
-    ten = eval_batch(x, 40, 32, True)
+    assert eval_views(x, 40, 32, False).shape == (2, 3, 32, 32)
+    ten = eval_views(x, 40, 32, True)
     assert ten.shape == (2, 10, 3, 32, 32)
     assert torch.equal(ten[0], eval_image(x[0], 40, 32, True))
     assert torch.equal(ten[:, 9], ten[:, 4].flip(-1))  # the mirrored centre crop
@@ -229,26 +230,26 @@ def add_broken_files(root: Path) -> dict[str, Path]:
 
 def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     bad = add_broken_files(make_folder(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="resnext.data"):
         train = load_dataset("folder", str(tmp_path), "train")
     assert len(train) == 6 + 3 and train.images.shape[1:] == (3, 32, 32)  # modes converted
     # dog: 0.jpg, 1.jpg, cmyk.jpg, grey.png, rgba.png at 2..6; rgba.png is cat/0.jpg, opaque.
     grey, rgba = train.images[5], train.images[6]
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
     assert torch.equal(rgba, train.images[0])
-    assert train.bad == {str(p) for p in bad.values()}
+    assert train.bad.files == {str(p) for p in bad.values()}
     assert sorted(r.getMessage().split(":")[0] for r in caplog.records) == sorted(
         f"skipping bad image {p}" for p in bad.values()
     )
     # Large-image sets read files per batch: the same files are skipped, each warned once.
     caplog.clear()
     files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
-    with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="resnext.data"):
         for _ in range(2):
             pre = Preprocessing(32, 32, "bilinear", [0.5] * 3, [0.2] * 3)
             n = sum(len(y) for _, y in eval_batches(files, 4, pre))
             assert n == 9
-    assert files.bad == {str(p) for p in bad.values()} and len(caplog.records) == len(bad)
+    assert files.bad.files == {str(p) for p in bad.values()} and len(caplog.records) == len(bad)
     # Listing meets the non-image suffix before any decoding.
     with pytest.raises(BadImageError, match=f"bad image {bad['other_suffix']}: not an image"):
         load_dataset("folder", str(tmp_path), "train", bad_images="error")
@@ -295,10 +296,14 @@ def test_limits_spread_over_the_classes():
     assert not torch.equal(part.images, digits.subset(50, seed=1).images)
     # Sorted class folders: the first N files would all be airplanes.
     labels = torch.arange(3000) // 300
-    data = ImageSet([str(i) for i in range(10)], labels, paths=[Path(f"{i}") for i in range(3000)])
+    data = ImageSet(
+        [str(i) for i in range(10)],
+        labels,
+        records=FileRecords([Path(f"{i}") for i in range(3000)]),
+    )
     part = data.subset(25)
     assert torch.bincount(part.labels).tolist() == [3] * 5 + [2] * 5
-    assert all(int(str(p)) // 300 == y for p, y in zip(part.paths, part.labels.tolist()))
+    assert all(int(str(p)) // 300 == y for p, y in zip(part.records.paths, part.labels.tolist()))
 
 
 def test_images_in_subfolders_of_a_class_are_read_in_imagefolder_order(tmp_path):
@@ -313,8 +318,8 @@ def test_images_in_subfolders_of_a_class_are_read_in_imagefolder_order(tmp_path)
     digit_image(0, 7).save(tmp_path / "train" / "cat" / ".hidden" / "x.png")
     files = load_dataset("folder", str(tmp_path), "train", in_memory="no")
     cat = tmp_path / "train" / "cat"
-    assert files.paths[:3] == [cat / "0.jpg", cat / "a" / "z.jpg", nested / "y.png"]
-    assert files.labels.tolist() == [0, 0, 0, 1, 2] and not files.bad
+    assert files.records.paths[:3] == [cat / "0.jpg", cat / "a" / "z.jpg", nested / "y.png"]
+    assert files.labels.tolist() == [0, 0, 0, 1, 2] and not files.bad.files
     memory = load_dataset("folder", str(tmp_path), "train")
     assert memory.images.shape == (5, 3, 32, 32)
 
@@ -336,11 +341,11 @@ def test_the_held_out_split_is_chosen_in_one_place(tmp_path):
 
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (16, 4)])
 def test_default_workers_never_exceed_the_usable_cpus(monkeypatch, cpus, expected):
-    from resnext.data import batches
+    from resnext import cpus as module
 
-    monkeypatch.setattr(batches.os, "sched_getaffinity", lambda pid: set(range(cpus)),
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda pid: set(range(cpus)),
                         raising=False)  # fmt: skip
-    assert batches.default_workers() == expected
+    assert module.default_workers() == expected
 
 
 def _killed(image):
@@ -352,7 +357,7 @@ def _killed(image):
 
 def test_a_worker_killed_outright_is_named_as_such():
     from resnext.data.batches import LoaderError, PerImage, loader
-    from resnext.data.imageset import ImageSet
+    from resnext.data.samples import ImageSet
 
     data = ImageSet(
         ["a"], torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, 8, 8, dtype=torch.uint8)

@@ -273,7 +273,7 @@ def _with_an_infinite_image(monkeypatch, index: int) -> None:
         data = real(name, root, split, *args)
         if split == "train":
             data = data.subset(TINY["train_limit"])  # the run's own subset() keeps it
-            data.images = data.images.float() / 255
+            data = data.replace(images=data.images.float() / 255)
             data.images[index, 0, 3, 3] = float("inf")
         return data
 

@@ -150,8 +150,8 @@ def test_one_size_rule_for_crop_flip_in_memory_and_per_file(tmp_path, caplog):
     evaluation does and give the same training batches."""
     write_folder(tmp_path, [(32, 32), (64, 48), (32, 32), (100, 75), (32, 32), (40, 32)])
     cfg = resolve_config("cifar", {"batch_size": 4, "workers": 0, "data": str(tmp_path)})
-    with caplog.at_level(logging.INFO, logger="resnext.data.datasets"):
-        memory = load_dataset("folder", str(tmp_path), "train", "yes", size=32)
+    with caplog.at_level(logging.INFO, logger="resnext.data"):
+        memory = load_dataset("folder", str(tmp_path), "train", "yes", memory_size=32)
     assert memory.images.shape == (12, 3, 32, 32)
     assert any("brought to 32x32 px" in r.getMessage() for r in caplog.records)
     files = load_dataset("folder", str(tmp_path), "train", "no")
@@ -160,7 +160,8 @@ def test_one_size_rule_for_crop_flip_in_memory_and_per_file(tmp_path, caplog):
     assert (memory.images[3].int() - want).abs().max() <= 1  # torchvision's eval geometry
     for epoch in range(2):
         for (xm, ym), (xf, yf) in zip(
-            train_batches(memory, cfg, epoch, 0, 0, 1), train_batches(files, cfg, epoch, 0, 0, 1)
+            train_batches(memory, cfg.feed(), epoch, 0, 0, 1),
+            train_batches(files, cfg.feed(), epoch, 0, 0, 1),
         ):
             assert torch.equal(ym, yf) and torch.equal(xm, xf)
 
@@ -169,17 +170,17 @@ def test_resumed_and_split_inception_batches_equal_the_uninterrupted_ones(tmp_pa
     write_folder(tmp_path, [(90, 60), (60, 90), (80, 80), (120, 70)])
     cfg = resolve_config("imagenet", {"batch_size": 4, "workers": 0, "train_size": 32})
     files = load_dataset("folder", str(tmp_path), "train", "no")
-    whole = list(train_batches(files, cfg, 1, 0, 0, 1))
+    whole = list(train_batches(files, cfg.feed(), 1, 0, 0, 1))
     assert len(whole) == 2 and whole[0][0].dtype == torch.float32
-    resumed = list(train_batches(files, cfg, 1, 1, 0, 1))
+    resumed = list(train_batches(files, cfg.feed(), 1, 1, 0, 1))
     assert torch.equal(resumed[0][0], whole[1][0])
-    ranks = [list(train_batches(files, cfg, 1, 0, r, 2)) for r in (0, 1)]
+    ranks = [list(train_batches(files, cfg.feed(), 1, 0, r, 2)) for r in (0, 1)]
     torch.testing.assert_close(torch.cat([ranks[0][0][0], ranks[1][0][0]]), whole[0][0])
     # A file turned bad leaves the others of its batch as they were.
-    bad = files.paths[int(train_indices(8, 4, cfg.seed, 1)[0][1])]
+    bad = files.records.paths[int(train_indices(8, 4, cfg.seed, 1)[0][1])]
     bad.write_bytes(b"not an image")
-    again = list(train_batches(files, cfg, 1, 0, 0, 1))
-    assert str(bad) in files.bad and len(again[0][1]) == 3
+    again = list(train_batches(files, cfg.feed(), 1, 0, 0, 1))
+    assert str(bad) in files.bad.files and len(again[0][1]) == 3
     torch.testing.assert_close(again[0][0], whole[0][0][[0, 2, 3]])
     torch.testing.assert_close(again[1][0], whole[1][0])
 
@@ -192,16 +193,16 @@ def test_a_pixel_bomb_is_a_bad_image_read_from_its_header(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"12000x12000 px .* over the limit of 50,000,000"):
         decode_image(bomb, 3)
     for in_memory in ("auto", "no"):
-        with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
-            data = load_dataset("folder", str(tmp_path), "train", in_memory, size=32)
+        with caplog.at_level(logging.WARNING, logger="resnext.data"):
+            data = load_dataset("folder", str(tmp_path), "train", in_memory, memory_size=32)
             ds = PerImage(data, lambda image: tensor(image))
             results = [ds[i] for i in range(len(data))] if data.images is None else []
         if data.images is None:
             assert sum(r[2] is not None for r in results) == 1
         else:
-            assert str(bomb) in data.bad and len(data) == 4
+            assert str(bomb) in data.bad.files and len(data) == 4
     assert any(str(bomb) in r.getMessage() and "max_pixels" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     small = load_dataset("folder", str(tmp_path), "train", "no", max_pixels=1000)
     with pytest.raises(ValueError, match="over the limit of 1,000"):
-        decode_image(small.paths[0], 3, max_pixels=1000)
+        decode_image(small.records.paths[0], 3, max_pixels=1000)

@@ -37,7 +37,7 @@ def test_every_link_shape_reads_each_real_file_once(tmp_path, caplog):
     (root / "val" / "dog").mkdir()
     with caplog.at_level("WARNING", logger="resnext"):
         data = load_dataset("folder", str(root), "train", in_memory="no")
-    read = [os.path.realpath(p) for p in data.paths]
+    read = [os.path.realpath(p) for p in data.records.paths]
     assert len(read) == len(set(read))  # nothing twice
     assert set(read) == real | outside | dogs
     assert data.labels.tolist() == [0] * len(real | outside) + [1, 1]
@@ -58,7 +58,7 @@ def test_without_links_the_order_is_imagefolders(tmp_path):
         _images(root / "train" / c / "m-x", ["c.jpg"], label)
     data = load_dataset("folder", str(root), "train", in_memory="no")
     ref = ImageFolder(str(root / "train"))
-    assert [str(p) for p in data.paths] == [p for p, _ in ref.samples]
+    assert [str(p) for p in data.records.paths] == [p for p, _ in ref.samples]
     assert data.labels.tolist() == [y for _, y in ref.samples]
 
 
@@ -76,6 +76,6 @@ def test_links_between_class_folders_do_not_move_or_repeat_images(tmp_path, capl
     with caplog.at_level("WARNING", logger="resnext"):
         data = load_dataset("folder", str(root), "train", in_memory="no")
     assert data.classes == ["cat", "dog"]
-    pairs = [(os.path.realpath(p), y) for p, y in zip(data.paths, data.labels.tolist())]
+    pairs = [(os.path.realpath(p), y) for p, y in zip(data.records.paths, data.labels.tolist())]
     assert sorted(pairs) == sorted([(c, 0) for c in cats] + [(d, 1) for d in dogs])
     assert any("loop" in m and str(train / "every") in m for m in caplog.messages)

@@ -519,8 +519,8 @@ WRITERS = {
 
 
 def spy_on_bytes(monkeypatch, check) -> None:
-    """Call `check()` inside torch.save and safetensors' save_file, before they write."""
-    real_save, real_file = torch.save, safetensors.torch.save_file
+    """Call `check()` inside torch.save and safetensors' save, before they write."""
+    real_save, real_file = torch.save, safetensors.torch.save
 
     def save(*a, **k):
         check()
@@ -531,7 +531,7 @@ def spy_on_bytes(monkeypatch, check) -> None:
         return real_file(*a, **k)
 
     monkeypatch.setattr(torch, "save", save)
-    monkeypatch.setattr(safetensors.torch, "save_file", file)
+    monkeypatch.setattr(safetensors.torch, "save", file)
 
 
 def read_back(path: Path) -> dict:

@@ -24,8 +24,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from resnext.data.batches import eval_batches
-from resnext.data.imageset import ImageSet
 from resnext.data.preprocessing import Preprocessing
+from resnext.data.records import FileRecords
+from resnext.data.samples import ImageSet
 
 MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -118,7 +119,7 @@ def test_evaluate_batches_from_memory_and_from_files_match_the_reference(tmp_pat
         img.save(paths[-1])
     for data in (
         ImageSet(["a", "b"], labels, images=pixels),
-        ImageSet(["a", "b"], labels, paths=paths),
+        ImageSet(["a", "b"], labels, records=FileRecords(paths)),
     ):
         batches = list(eval_batches(data, 2, pre))
         assert [len(y) for _, y in batches] == [2, 2, 1]
@@ -184,7 +185,8 @@ def test_another_view_size_keeps_the_rest():
 
 
 def test_a_file_without_a_record_gets_the_template_s_sizes_and_imagenet_statistics():
-    from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, default_preprocessing
+    from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from resnext.files.loader import default_preprocessing
     from resnext.models.zoo import get_spec
 
     pre = default_preprocessing(get_spec("resnext50_32x4d"))

@@ -24,7 +24,7 @@ import torch
 
 import resnext
 from resnext.cli import main
-from resnext.data.batches import default_workers
+from resnext.cpus import default_workers
 from resnext.data.preprocessing import Preprocessing
 from resnext.files.model_file import read_model_file, save_model_file
 from resnext.training.config import resolve_config, save_config

@@ -102,14 +102,16 @@ def test_readers_give_the_folders_records(packed, name):
     order = np.random.default_rng(0).permutation(len(data))  # a shuffled epoch
     for i in order:
         source, where = data.open(int(i))
-        assert source.read() == folder.paths[i].read_bytes()
+        assert source.read() == folder.records.paths[i].read_bytes()
         assert where.startswith(str(packed[name]))
     held = load_dataset(name, str(packed[name]), "auto", in_memory="no")
     assert held.split == "validation" and len(held) == 6
     part = data.subset(4)  # class-balanced, as for folders
     assert sorted(part.labels.tolist()) == [0, 0, 1, 2]
     same = folder.subset(4)
-    assert [part.open(i)[0].read() for i in range(4)] == [p.read_bytes() for p in same.paths]
+    assert [part.open(i)[0].read() for i in range(4)] == [
+        p.read_bytes() for p in same.records.paths
+    ]
 
 
 @pytest.mark.parametrize("name", ["wds", "parquet"])
@@ -332,7 +334,7 @@ def test_pack_refuses_a_used_folder_and_names_missing_pyarrow(packed, capsys, mo
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
     """Long paths (ustar prefix, GNU long names, pax records), non-ASCII names, empty members."""
-    from resnext.data.shards import scan_tar
+    from resnext.data.wds import scan_tar
 
     path = tmp_path / "x.tar"
     deep = "a" * 80 + "/" + ("b" * 90 + "/") * (1 if fmt == tarfile.USTAR_FORMAT else 3)
@@ -478,7 +480,7 @@ def test_numbered_classes_a_small_validation_split_lacks_are_no_disagreement(tmp
     evaluates its checkpoint; named classes that differ are still refused."""
     from PIL import Image
 
-    from resnext.data.imageset import common_classes
+    from resnext.data.samples import common_classes
 
     def jpeg(k: int) -> bytes:
         out = io.BytesIO()
@@ -536,5 +538,5 @@ def test_a_label_past_the_named_classes_is_a_bad_sample(tmp_path, fmt, caplog):
         bad = f"{path}:2"
     data = load_dataset(fmt, str(tmp_path), "train")
     assert data.classes == ["a", "b"] and data.labels.tolist() == [0, 1, 1]
-    assert data.bad == {bad}
+    assert data.bad.files == {bad}
     assert f"{bad}: label 5 has no class (2 names)" in caplog.text

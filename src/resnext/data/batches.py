@@ -10,22 +10,19 @@ for in-memory images and files.
 from __future__ import annotations
 
 import functools
-import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from resnext.data.bad_images import BAD_IMAGE_ERRORS, too_small
 from resnext.data.images import decode_image
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
 from resnext.data.preprocessing import Preprocessing
-from resnext.data.transforms import batch_augment, eval_image, normalize, train_transform
+from resnext.data.samples import ImageSet
+from resnext.data.transforms import TrainFeed, batch_augment, eval_image, normalize, train_transform
 from resnext.errors import one_line
-
-if TYPE_CHECKING:  # the recipes' defaults call default_workers: no import cycle at run time
-    from resnext.training.config import TrainConfig
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -82,11 +79,11 @@ class PerImage(torch.utils.data.Dataset):
             source, path = self.data.open(i)
             image = decode_image(
                 source, self.data.decode_channels, reduce=getattr(self.transform, "reduce", None),
-                max_pixels=self.data.max_pixels,
+                max_pixels=self.data.bad.max_pixels,
             )  # fmt: skip
         except BAD_IMAGE_ERRORS as e:
             return None, label, (path, one_line(e), False)
-        reason = too_small(image.size, self.data.min_size)
+        reason = too_small(image.size, self.data.bad.min_size)
         if reason is not None:
             return None, label, (path, reason, False)
         try:
@@ -106,18 +103,6 @@ def collate_readable(items: list) -> tuple[Tensor | None, Tensor, Tensor, list]:
     x = torch.stack([items[k][0] for k in kept]) if kept else None
     y = torch.tensor([items[k][1] for k in kept], dtype=torch.int64)
     return x, y, torch.tensor(kept, dtype=torch.int64), [b for _, _, b in items if b is not None]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, as taskset and SLURM set it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def default_workers(most: int = 4) -> int:
-    """Decoding processes when none are asked for: `most`, but no more than the usable CPUs."""
-    return min(most, usable_cpus())
 
 
 def loader(
@@ -145,7 +130,7 @@ def loader(
             for path, reason, fatal in bad:
                 if fatal:
                     raise LoaderError(f"cannot load {path}: {reason}")
-                note_bad(dataset.data, path, reason)
+                dataset.data.bad.note(path, reason)
             yield x, y, kept
     except RuntimeError as e:  # the DataLoader's own: a worker killed, or it timed out
         raise LoaderError(f"a data loader worker failed: {one_line(e)}{_kill_hint(it)}") from None
@@ -181,7 +166,7 @@ def _leave_stop_signals_to_main(worker: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def smallest_image(cfg: TrainConfig) -> int:
+def smallest_image(cfg: TrainFeed) -> int:
     """The shortest image side training takes: crop_flip brings images to `train_size` and cuts
     a crop padded by `pad`, and an image below `train_size - 2 * pad` is more likely a thumbnail
     or a mistake than a picture; the other augmentations resize, so any size will do."""
@@ -195,7 +180,7 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 def train_batches(
     data: ImageSet,
-    cfg: TrainConfig,
+    cfg: TrainFeed,
     epoch: int,
     start: int,
     rank: int,

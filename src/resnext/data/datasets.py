@@ -1,30 +1,56 @@
-"""Datasets by their `--dataset` name: image folder (folders.py), WebDataset shards (shards.py),
-parquet files (parquet.py), CIFAR-10/100 python format, scikit-learn digits; and the one rule for
-which held-out split is read.
+"""Datasets by their `--dataset` name, and the one road every file format takes.
 
-Every set is an `ImageSet` (imageset.py); batches.py turns it into batches.
+A format's reader (image folders: folders.py, WebDataset shards: wds.py, parquet files:
+parquet.py) knows only its files: `scan(root, split, bad)` returns what it found (a `Scan`) and
+`splits(root)` the splits present. The rules every format shares live here, once: which
+held-out split is read, the class names, labels past them, an empty split, and small images
+held in memory (memory.py). CIFAR-10/100 (python format) and scikit-learn digits are in memory.
+
+Every set is an `ImageSet` (samples.py); batches.py turns it into batches.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from resnext.data import parquet, shards
-from resnext.data.folders import load_folder
+from resnext.data import folders, parquet, wds
+from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImageError, BadImages, NoSamples
 from resnext.data.images import MAX_PIXELS
-from resnext.data.imageset import BAD_IMAGE_ERRORS, BadImageError, ImageSet, note_bad
-from resnext.data.memory import decode_once
+from resnext.data.memory import decode_once, hold_small
+from resnext.data.samples import ImageSet, Scan
 
 __all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
-           "load_dataset", "note_bad"]  # fmt: skip
+           "load_dataset"]  # fmt: skip
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One file format: `scan(root, split, bad)` reads a split; `splits(root)` lists those
+    present, training first; `val` is its validation split's name; `what` names its files."""
+
+    scan: Callable[[str, str, BadImages], Scan]
+    splits: Callable[[str], list[str]]
+    val: str
+    what: str
+
+
+READERS = {
+    "folder": Reader(folders.scan, folders.splits, folders.VAL, "folder"),
+    "wds": Reader(wds.scan, wds.splits, wds.VAL, "wds shards"),
+    "parquet": Reader(parquet.scan, parquet.splits, parquet.VAL, "parquet shards"),
+}
+FILE_DATASETS = tuple(READERS)  # images read from files, at any size
 SPLITS = ("train", "val", "test", "auto")
-FILE_DATASETS = ("folder", "wds", "parquet")  # images read from files, at any size
-SHARDED = {"wds": shards, "parquet": parquet}  # their held-out split is named "validation"
 
 
 def load_dataset(
@@ -35,8 +61,9 @@ def load_dataset(
     download: bool = False,
     bad_images: str = "skip",
     min_size: int = 1,
-    size: int | None = None,
+    memory_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    **deprecated,
 ) -> ImageSet:
     """Load `split` of a dataset by its `--dataset` name.
 
@@ -44,9 +71,14 @@ def load_dataset(
     "val" is the "validation" split of shards); the returned set's `split` names the one read.
     Images whose shorter side is below `min_size` are bad images (skipped or fatal as
     `bad_images` says), as are those of more than `max_pixels` pixels. Images decoded into
-    memory are brought to `size` x `size` (shorter side resized, centre crop) when `size` is
-    given (memory.py).
+    memory are brought to `memory_size` x `memory_size` (shorter side resized, centre crop) when
+    it is given (memory.py). (`size=` is the old name of `memory_size`.)
     """
+    if "size" in deprecated:
+        warnings.warn("load_dataset(size=) is now memory_size=", DeprecationWarning, stacklevel=2)
+        memory_size = deprecated.pop("size")
+    if deprecated:
+        raise TypeError(f"load_dataset() got unexpected arguments {sorted(deprecated)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if split != "train":
@@ -55,59 +87,89 @@ def load_dataset(
         return load_digits(split)
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, split, download)
-    if name == "folder":
-        return load_folder(root, split, in_memory, bad_images, min_size, size, max_pixels)
-    if name == "wds":
-        return shards.load_wds(root, split, in_memory, bad_images, min_size, size, max_pixels)
-    if name == "parquet":
-        return parquet.load_parquet(root, split, in_memory, bad_images, min_size, size, max_pixels)
-    raise ValueError(f"unknown dataset {name!r}")
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {name!r}")
+    bad = BadImages(bad_images, min_size, max_pixels)
+    return load_files(READERS[name].scan(root, split, bad), split, bad, in_memory, memory_size)
+
+
+def load_files(
+    scan: Scan, split: str, bad: BadImages, in_memory: str, memory_size: int | None
+) -> ImageSet:
+    """The rules every file format shares, applied to what its reader found."""
+    classes = scan.classes or numbered_classes(scan.labels, scan.source)
+    keep = with_class(scan, len(classes), bad)
+    if not keep:
+        raise NoSamples(scan.empty)
+    records = scan.records if len(keep) == len(scan.labels) else scan.records.take(keep)
+    labels = torch.tensor(scan.labels, dtype=torch.int64)
+    if len(keep) != len(scan.labels):
+        labels = labels[keep]
+    data = ImageSet(classes, labels, records=records, split=split, bad=bad)
+    data = hold_small(data, in_memory, memory_size)
+    if scan.whole_classes is not None:
+        counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
+        empty = [c for c, n in zip(classes, counts) if n == 0]
+        if len(empty) == len(classes):
+            raise NoSamples(scan.empty)
+        if empty:
+            raise ValueError(
+                f"class folder {scan.whole_classes / empty[0]} holds no readable images"
+            )
+    return data
+
+
+def numbered_classes(labels: list[int], source: str) -> list[str]:
+    """Classes named by their numbers, 0 to the largest label, where no names are recorded."""
+    count = max(labels, default=-1) + 1
+    log.info("%s: classes named by their numbers 0..%d", source, count - 1)
+    return [str(i) for i in range(count)]
+
+
+def with_class(scan: Scan, n: int, bad: BadImages) -> list[int]:
+    """Indices of the samples whose label names one of the `n` classes; the others are bad."""
+    for j, y in enumerate(scan.labels):
+        if y >= n:
+            bad.note(scan.records.name(j), f"label {y} has no class ({n} names)")
+    return [j for j, y in enumerate(scan.labels) if y < n]
 
 
 def held_out_split(name: str, root: str, asked: str = "auto") -> str:
-    """The held-out split to evaluate on: "val" or "test".
+    """The held-out split to evaluate on, in the reader's own name for it.
 
-    A folder may hold val/, test/ or both: "auto" takes val/ (the split for choosing a model;
-    test/ stays untouched until asked for), else test/. Shards name theirs "validation" (read
-    for "auto" and "val") and "test". CIFAR and digits have one held-out split, their test set.
+    A data set may hold a validation split, a test split or both: "auto" takes validation (the
+    split for choosing a model; test stays untouched until asked for), else test. Folders name
+    theirs val/ and test/, shards "validation" and "test". CIFAR and digits have one held-out
+    split, their test set.
     """
     if asked not in ("auto", "val", "test"):
         raise ValueError(f"the held-out split is 'val' or 'test', got {asked!r}")
-    if name in SHARDED:
-        present = SHARDED[name].held_out_splits(root)
-        if not present:
-            raise ValueError(f"no validation or test {name} shards in {root!r}")
-        want = present[0] if asked == "auto" else "test" if asked == "test" else "validation"
-        if want not in present:
-            raise ValueError(f"no {want} {name} shards in {root} (it holds {', '.join(present)})")
-        return want
-    if name != "folder":
+    if name not in READERS:
         if asked == "val":
             raise ValueError(f"{name} has no val split; its held-out split is test")
         return "test"
-    present = [s for s in ("val", "test") if root and (Path(root) / s).is_dir()]
+    reader = READERS[name]
+    present = [s for s in reader.splits(root) if s != "train"]
     if not present:
         where = f"{root} does not exist" if root and not Path(root).exists() else "none found"
-        raise ValueError(f"no val or test folder in {root!r} ({where})")
-    if asked == "auto":
-        return present[0]
-    if asked not in present:
-        raise ValueError(f"no {asked} folder in {root} (it holds {', '.join(present)})")
-    return asked
+        raise ValueError(f"no {reader.val} or test {reader.what} in {root!r} ({where})")
+    want = present[0] if asked == "auto" else "test" if asked == "test" else reader.val
+    if want not in present:
+        raise ValueError(f"no {want} {reader.what} in {root} (it holds {', '.join(present)})")
+    return want
 
 
 def splits_present(name: str, root: str) -> list[str]:
-    """Every split a file data set holds, training first (what `pack` copies)."""
-    if name == "folder":
-        found = [s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
-        if not found:
-            why = "it does not exist" if not Path(root).exists() else "expected train/<class>/"
-            raise ValueError(f"no train, val or test folder in {root!r} ({why})")
-        return found
-    if name in SHARDED:
-        held_out = SHARDED[name].held_out_splits(root)
-        return ["train", *("val" if s == "validation" else s for s in held_out)]
-    raise ValueError(f"only {', '.join(FILE_DATASETS)} data sets can be packed, not {name!r}")
+    """Every split a file data set holds, training first, named as a folder names them (what
+    `pack` copies)."""
+    if name not in READERS:
+        raise ValueError(f"only {', '.join(FILE_DATASETS)} data sets can be packed, not {name!r}")
+    reader = READERS[name]
+    found = reader.splits(root)
+    if not found:
+        why = "it does not exist" if not Path(root).exists() else "expected train/<class>/"
+        raise ValueError(f"no train, val or test folder in {root!r} ({why})")
+    return ["val" if s == reader.val else s for s in found]
 
 
 def load_digits(split: str) -> ImageSet:

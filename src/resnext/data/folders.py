@@ -3,7 +3,6 @@ ImageFolder reads them: class folders sorted, images found recursively in sorted
 
 Symbolic links are followed, but each real file is read once however links reach it: a link
 loop (`ln -s . loop`) or a second link to a folder already read is skipped with one warning.
-Small images are then held in memory (memory.py); every image goes through the one decoder.
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+from resnext.data.bad_images import BadImages
+from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.records import FileRecords
+from resnext.data.samples import Scan
 
-from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
-from resnext.data.imageset import ImageSet, NoSamples, note_bad
-from resnext.data.memory import hold_small
-
-log = logging.getLogger("resnext.data.datasets")
+log = logging.getLogger(__name__)
+VAL = "val"  # the held-out split's name
 
 
 def class_files(folder: Path, claimed: set[str] | None = None,
@@ -99,19 +98,15 @@ def _new_folder(root: str, name: str, seen: set[str]) -> bool:
     return False
 
 
-def load_folder(
-    root: str,
-    split: str,
-    in_memory: str = "auto",
-    bad_images: str = "skip",
-    min_size: int = 1,
-    size: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-) -> ImageSet:
-    """`root/<split>/<class>/...`; `split` is "train", "val" or "test".
+def splits(root: str) -> list[str]:
+    """The split folders present in `root`: train, val, test."""
+    return [s for s in ("train", VAL, "test") if root and (Path(root) / s).is_dir()]
 
-    Bad files are skipped with one warning each, or fatal with bad_images="error"; small
-    images are checked here (they are decoded now), large ones when a batch first reads them.
+
+def scan(root: str, split: str, bad: BadImages) -> Scan:
+    """The images of `root/<split>/<class>/...`; `split` is "train", "val" or "test".
+
+    Every class folder must keep an image (datasets.py checks once bad files are left out).
     """
     base = Path(root) / split
     if not base.is_dir():
@@ -122,8 +117,6 @@ def load_folder(
                      and _new_folder(str(base), p.name, set()))  # fmt: skip
     if not classes:
         raise ValueError(f"no class folders in {base} (expected {base}/<class>/<image>)")
-    data = ImageSet(classes, torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
     paths, labels, claimed = [], [], set()
     owners = {os.path.realpath(base / c): c for c in classes}
     for i, c in enumerate(classes):
@@ -132,13 +125,6 @@ def load_folder(
                 paths.append(p)
                 labels.append(i)
             else:
-                note_bad(data, str(p), "not an image file")
-    data.labels, data.paths = torch.tensor(labels, dtype=torch.int64), paths
-    hold_small(data, in_memory)
-    counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
-    empty = [c for c, n in zip(classes, counts) if n == 0]
-    if len(empty) == len(classes):
-        raise NoSamples(f"no readable images in {base}/<class>/")
-    if empty:
-        raise ValueError(f"class folder {base / empty[0]} holds no readable images")
-    return data
+                bad.note(str(p), "not an image file")
+    return Scan(FileRecords(paths), labels, classes, str(base),
+                f"no readable images in {base}/<class>/", whole_classes=base)  # fmt: skip

@@ -14,20 +14,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from resnext.data.images import decode_image, open_image, over_pixel_limit
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, note_bad, too_small
+from resnext.data.bad_images import BAD_IMAGE_ERRORS, too_small
+from resnext.data.images import decode_image, open_image
+from resnext.data.samples import ImageSet
 from resnext.errors import one_line
 
-log = logging.getLogger("resnext.data.datasets")
+log = logging.getLogger(__name__)
 
 SMALL_IMAGE = 64  # in_memory="auto" decodes into memory when images are at most this size
 
 
-def hold_small(data: ImageSet, in_memory: str) -> None:
-    """Decode every image of `data` into memory if asked ("yes") or if they are small ("auto")."""
+def hold_small(data: ImageSet, in_memory: str, size: int | None = None) -> ImageSet:
+    """`data` with every image decoded into memory if asked ("yes") or if they are small
+    ("auto"), each brought to `size` x `size` when given (`_decode_every`); else `data`."""
     if in_memory == "yes" or (in_memory == "auto" and is_small(data)):
-        data.images, kept = _decode_all(data)
-        data.labels, data.paths, data.records = data.labels[kept], None, None
+        images, kept = _decode_all(data, size)
+        return data.replace(images=images, labels=data.labels[kept], records=None)
+    return data
 
 
 def is_small(data: ImageSet) -> bool:
@@ -38,12 +41,12 @@ def is_small(data: ImageSet) -> bool:
             with open_image(source) as im:
                 size = im.size
         except BAD_IMAGE_ERRORS as e:
-            note_bad(data, data.name(i), one_line(e))
+            data.bad.note(data.name(i), one_line(e))
             continue
-        reason = over_pixel_limit(size, data.max_pixels) or too_small(size, data.min_size)
+        reason = data.bad.size_problem(size)
         if reason is None:
             return max(size) <= SMALL_IMAGE
-        note_bad(data, name, reason)
+        data.bad.note(name, reason)
     return False
 
 
@@ -62,38 +65,41 @@ def decode_once() -> Iterator[None]:
         _decoded = None
 
 
-def _decode_all(data: ImageSet) -> tuple[Tensor, Tensor]:
+def _decode_all(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
     """Every usable image as uint8 (N, C, H, W), and the indices of those read."""
-    key = (tuple(data.name(i) for i in range(len(data))), data.on_bad, data.min_size,
-           data.memory_size, data.max_pixels)  # fmt: skip
+    bad = data.bad
+    key = (tuple(data.name(i) for i in range(len(data))), bad.on_bad, bad.min_size, size,
+           bad.max_pixels)  # fmt: skip
     if _decoded is not None and key in _decoded:
-        images, kept, bad = _decoded[key]
-        for name, reason in bad:
-            note_bad(data, name, reason)
+        images, kept, found = _decoded[key]
+        for name, reason in found:
+            bad.note(name, reason)
         return images, kept
-    bad_before = set(data.bad)
-    images, kept = _decode_every(data)
+    bad_before = set(bad.files)
+    images, kept = _decode_every(data, size)
     if _decoded is not None:
-        bad = [(b, "unreadable (decoded earlier in this process)") for b in data.bad - bad_before]
-        _decoded[key] = (images, kept, bad)
+        found = [
+            (b, "unreadable (decoded earlier in this process)") for b in bad.files - bad_before
+        ]
+        _decoded[key] = (images, kept, found)
     return images, kept
 
 
-def _decode_every(data: ImageSet) -> tuple[Tensor, Tensor]:
-    """With `data.memory_size`, each image is brought to that size as evaluation brings it
-    (shorter side resized, centre crop), so sizes may be mixed; without, they must agree."""
+def _decode_every(data: ImageSet, size: int | None) -> tuple[Tensor, Tensor]:
+    """With `size`, each image is brought to that size as evaluation brings it (shorter side
+    resized, centre crop), so sizes may be mixed; without, they must agree."""
     log.info("decoding %d images into memory", len(data))
-    out, kept, first, size, resized = None, [], None, data.memory_size, 0
+    out, kept, first, resized = None, [], None, 0
     for i in range(len(data)):
         try:
             source, name = data.open(i)
-            image = decode_image(source, data.decode_channels, max_pixels=data.max_pixels)
+            image = decode_image(source, data.decode_channels, max_pixels=data.bad.max_pixels)
         except BAD_IMAGE_ERRORS as e:
-            note_bad(data, data.name(i), one_line(e))
+            data.bad.note(data.name(i), one_line(e))
             continue
-        reason = too_small(image.size, data.min_size)
+        reason = too_small(image.size, data.bad.min_size)
         if reason is not None:
-            note_bad(data, name, reason)
+            data.bad.note(name, reason)
             continue
         if size is not None and image.size != (size, size):
             from resnext.data.transforms import eval_image  # torchvision: ~2 s of start-up

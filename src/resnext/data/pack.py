@@ -15,16 +15,19 @@ import json
 import logging
 import os
 import tarfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
+from resnext.atomic import write_atomic
+from resnext.data.bad_images import BAD_IMAGE_ERRORS, NoSamples
 from resnext.data.images import IMAGE_SUFFIXES
-from resnext.data.imageset import BAD_IMAGE_ERRORS, ImageSet, NoSamples, common_classes, note_bad
+from resnext.data.samples import ImageSet, common_classes
 from resnext.errors import one_line
 
-log = logging.getLogger("resnext.data.pack")
+log = logging.getLogger(__name__)
 
 FORMATS = ("wds", "parquet")
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # folder -> packed
@@ -39,13 +42,11 @@ def encoded(data: ImageSet) -> Iterator[tuple[int, bytes, str, str]]:
             with Image.open(io.BytesIO(raw)) as im:  # reads the header only
                 kind = (im.format or "").lower()
         except BAD_IMAGE_ERRORS as e:
-            note_bad(data, data.name(i), one_line(e))
+            data.bad.note(data.name(i), one_line(e))
             continue
         suffix = _suffix(kind, name)
         if suffix is None:
-            note_bad(
-                data, data.name(i), f"a {kind or 'unknown'} image: no image suffix to store it"
-            )
+            data.bad.note(data.name(i), f"a {kind or 'unknown'} image: no image suffix to store it")
             continue
         yield i, raw, suffix, name
 
@@ -60,8 +61,8 @@ def _suffix(kind: str, name: str) -> str | None:
     return own[1:] if own in IMAGE_SUFFIXES else None
 
 
-def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, size: int) -> dict:
-    """Write `data` as `split` shards of `size` samples; returns the split's entry of _info.json.
+def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, shard_size: int) -> dict:
+    """Write `data` as `split` shards of `shard_size` samples; returns its _info.json entry.
 
     Shards are written as they fill (a shard's images in memory at a time); the parquet names'
     "-of-NNNNN" is known at the end, when the finished files are renamed.
@@ -75,15 +76,17 @@ def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, size:
         if fmt == "wds":
             path = out / f"{name}-{split}-{k:04d}.tar"
         else:
-            path = out / "data" / f"{split}-{k:05d}.parquet.part"
-        _atomic(path, lambda f: (_write_tar if fmt == "wds" else _write_parquet)(f, chunk, data))
+            path = out / "data" / f"{split}-{k:05d}.parquet.unnumbered"
+        write_atomic(
+            path, lambda f: (_write_tar if fmt == "wds" else _write_parquet)(f, chunk, data)
+        )
         done.append(path)
         lengths.append(len(chunk))
         chunk.clear()
 
     for record in encoded(data):
         chunk.append(record)
-        if len(chunk) == size:
+        if len(chunk) == shard_size:
             flush()
     if chunk:
         flush()
@@ -103,20 +106,26 @@ def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, size:
 
 
 def pack_dataset(
-    dataset: str, root: str, fmt: str, out: str, name: str = "", size: int = 1000
+    dataset: str, root: str, fmt: str, out: str, name: str = "", shard_size: int = 1000, **old
 ) -> dict[str, dict]:
-    """Pack every split of a data set (folder, wds or parquet) into `out` as `fmt`.
+    """Pack every split of a data set (folder, wds or parquet) into `out` as `fmt`, in shards of
+    `shard_size` samples (`size=` is its old name).
 
     Returns {split: its _info.json entry}. `out` must be new or empty: a packed set is never
     mixed with the files of another.
     """
+    if "size" in old:
+        warnings.warn("pack_dataset(size=) is now shard_size=", DeprecationWarning, stacklevel=2)
+        shard_size = old.pop("size")
+    if old:
+        raise TypeError(f"pack_dataset() got unexpected arguments {sorted(old)}")
     from resnext.data.datasets import load_dataset, splits_present
 
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"--out {out} is not an empty folder (pack writes a new data set)")
-    if size < 1:
-        raise ValueError(f"--shard-size must be positive, got {size}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
     name = name or Path(root).resolve().name
     sources = []
     for s in splits_present(dataset, root):
@@ -129,13 +138,14 @@ def pack_dataset(
     classes = sources[0][1].classes
     splits = {}
     for split, data in sources:
-        data.classes = common_classes(classes, data.classes)
-        if data.classes is None:
+        common = common_classes(classes, data.classes)
+        if common is None:
             raise ValueError(
                 f"the {split} split of {root} has other classes than the {sources[0][0]} split"
             )
         packed = SPLIT_NAMES.get(split, split)
-        splits[packed] = pack_split(data, fmt, target, name, packed, size)
+        data = data.replace(classes=common)
+        splits[packed] = pack_split(data, fmt, target, name, packed, shard_size)
     if fmt == "wds":
         write_info(target, name, classes, splits)
     return splits
@@ -144,7 +154,7 @@ def pack_dataset(
 def write_info(out: Path, name: str, classes: list[str], splits: dict[str, dict]) -> None:
     """`_info.json` as timm's wds reader reads it (name, splits), plus our class names."""
     info = {"name": name, "classes": list(classes), "splits": splits}
-    _atomic(out / "_info.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    write_atomic(out / "_info.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
 
 
 def _write_tar(f, chunk: list, data: ImageSet) -> None:
@@ -183,11 +193,3 @@ def _write_parquet(f, chunk: list, data: ImageSet) -> None:
 def _relative(name: str) -> str:
     """The last three parts of a source name (split/class/file for a folder)."""
     return "/".join(Path(name).parts[-3:])
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)

@@ -18,24 +18,19 @@ each process keeps its last row group, so evaluation, which reads in order, read
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from resnext.data.images import MAX_PIXELS
-from resnext.data.imageset import ImageSet, NoSamples, note_bad, with_class
-from resnext.data.memory import hold_small
+from resnext.data.bad_images import BadImages
 from resnext.data.pages import PageError, plain_value
-from resnext.data.shards import class_names
+from resnext.data.records import OpenFiles, ShardRecords, open_fd
+from resnext.data.samples import Scan
 from resnext.extras import require
 
-log = logging.getLogger("resnext.data.datasets")
-
+VAL = "validation"  # the held-out split's name
 _OPEN_FILES = 16  # parquet files kept open per process
 _SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.parquet$")
 
@@ -48,7 +43,7 @@ def pyarrow_parquet():
     return pq
 
 
-class ParquetRecords:
+class ParquetRecords(ShardRecords):
     """Rows of parquet files: file index, row in the file, and each file's row-group starts.
 
     Where a file has one row per row group, uncompressed (what `pack` writes), `chunks[f]`
@@ -61,15 +56,10 @@ class ParquetRecords:
                  ) -> None:  # fmt: skip
         self.files, self.file, self.row, self.starts = files, file, row, starts
         self.chunks, self.max_def = chunks, max_def
-        self._open: OrderedDict[int, object] = OrderedDict()
-        self._group: tuple[int, int, object] | None = None  # (file, row group, image bytes)
-        self._pid = os.getpid()
+        self.handles = OpenFiles(_open, _OPEN_FILES)  # local["group"]: (file, row group, bytes)
 
     def __len__(self) -> int:
         return len(self.row)
-
-    def __getstate__(self) -> dict:  # open files stay in the process that opened them
-        return {**self.__dict__, "_open": OrderedDict(), "_group": None}
 
     def name(self, i: int) -> str:
         return f"{self.files[self.file[i]]}:{self.row[i]}"
@@ -87,7 +77,7 @@ class ParquetRecords:
 
     def _direct(self, f: int, row: int) -> bytes | None:
         offset, size = (int(v) for v in self.chunks[f][row])
-        chunk = os.pread(self._handle(f, "fd"), size, offset)
+        chunk = os.pread(self.handles.get((self.files[f], "fd")), size, offset)
         try:
             return plain_value(chunk, self.max_def[f])
         except PageError:  # a layout pages.py does not decode: pyarrow does
@@ -95,33 +85,25 @@ class ParquetRecords:
 
     def _by_pyarrow(self, f: int, row: int) -> bytes | None:
         g = int(np.searchsorted(self.starts[f], row, side="right")) - 1
-        if self._group is None or self._group[:2] != (f, g):
+        group = self.handles.local.get("group")
+        if group is None or group[:2] != (f, g):
             try:
-                table = self._handle(f, "parquet").read_row_group(
+                table = self.handles.get((self.files[f], "parquet")).read_row_group(
                     g,
                     columns=["image.bytes"],
                     use_threads=False,  # a worker is one core
                 )
             except Exception as e:  # noqa: BLE001 - pyarrow's errors are not OSErrors
                 raise OSError(f"cannot read row group {g}: {e}") from None
-            self._group = (f, g, table.column(0).combine_chunks().field("bytes"))
-        return self._group[2][row - int(self.starts[f][g])].as_py()
+            group = (f, g, table.column(0).combine_chunks().field("bytes"))
+            self.handles.local["group"] = group
+        return group[2][row - int(self.starts[f][g])].as_py()
 
-    def _handle(self, f: int, kind: str):
-        """An open file descriptor or pyarrow ParquetFile of file `f`, opened lazily here."""
-        if self._pid != os.getpid():  # a forked worker opens its own files
-            self._open, self._group, self._pid = OrderedDict(), None, os.getpid()
-        handle = self._open.pop((f, kind), None)
-        if handle is None:
-            path = self.files[f]
-            handle = (
-                os.open(path, os.O_RDONLY) if kind == "fd" else pyarrow_parquet().ParquetFile(path)
-            )
-            if len(self._open) >= _OPEN_FILES:
-                old = self._open.popitem(last=False)[1]
-                os.close(old) if isinstance(old, int) else old.close()
-        self._open[(f, kind)] = handle
-        return handle
+
+def _open(key: tuple[Path, str]):
+    """An open file descriptor ("fd") or pyarrow ParquetFile ("parquet") of a file."""
+    path, kind = key
+    return open_fd(path) if kind == "fd" else pyarrow_parquet().ParquetFile(path)
 
 
 def chunk_index(pf) -> tuple[np.ndarray | None, int]:
@@ -162,30 +144,20 @@ def parquet_files(root: str, split: str) -> list[Path]:
     return files
 
 
-def held_out_splits(root: str) -> list[str]:
-    """The held-out splits present in `root`: "validation", "test"."""
+def splits(root: str) -> list[str]:
+    """ "train", then the held-out splits present in `root` ("validation", "test")."""
     base = Path(root) / "data" if (Path(root) / "data").is_dir() else Path(root)
-    return [s for s in ("validation", "test") if any(base.glob(f"{s}-*.parquet"))]
+    return ["train", *(s for s in (VAL, "test") if any(base.glob(f"{s}-*.parquet")))]
 
 
-def load_parquet(
-    root: str,
-    split: str,
-    in_memory: str = "auto",
-    bad_images: str = "skip",
-    min_size: int = 1,
-    size: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-) -> ImageSet:
-    """The `split` ("train", "validation" or "test") of the parquet files in `root`.
+def scan(root: str, split: str, bad: BadImages) -> Scan:
+    """The rows of the `split` ("train", "validation" or "test") parquet files in `root`.
 
     A missing or unreadable file is a ValueError naming it, before any training; a row
     without a label is a bad image (skipped with a warning, counted).
     """
     pq = pyarrow_parquet()
     files = parquet_files(root, split)
-    data = ImageSet([], torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
     which, rows, labels, starts, names, chunks, max_def = [], [], [], [], None, [], []
     for f, path in enumerate(files):
         try:
@@ -208,32 +180,24 @@ def load_parquet(
             which.append(f)
             rows.append(r)
             labels.append(int(y))
-        _note_unlabelled(data, path, unlabelled, column)
+        _note_unlabelled(bad, path, unlabelled, column)
         pf.close()
-    data.classes = class_names(names, labels, f"{root} (no ClassLabel names in its metadata)")
-    keep = with_class(data, labels, lambda j: f"{files[which[j]]}:{rows[j]}")
-    if not keep:
-        raise NoSamples(f"no readable rows in the {split} parquet files of {root}")
-    data.records = ParquetRecords(files, np.array(which, dtype=np.int32)[keep],
-                                  np.array(rows, dtype=np.int64)[keep], starts, chunks,
-                                  max_def)  # fmt: skip
-    data.labels = torch.tensor(labels, dtype=torch.int64)[keep]
-    hold_small(data, in_memory)
-    return data
+    records = ParquetRecords(files, np.array(which, dtype=np.int32), np.array(rows, dtype=np.int64),
+                             starts, chunks, max_def)  # fmt: skip
+    classes = [str(n) for n in names] if names else None
+    return Scan(records, labels, classes, f"{root} (no ClassLabel names in its metadata)",
+                f"no readable rows in the {split} parquet files of {root}")  # fmt: skip
 
 
-def _note_unlabelled(data: ImageSet, path: Path, rows: list[int], column: list) -> None:
+def _note_unlabelled(bad: BadImages, path: Path, rows: list[int], column: list) -> None:
     """Rows without a label (None, or -1 as in ImageNet's test split) are bad images, counted
     one by one but warned about once per file: a whole unlabelled split is 100,000 rows."""
     if not rows:
         return
     first = rows[0]
     why = "no label" if column[first] is None else f"label {column[first]} (unlabelled)"
-    if data.on_bad == "error" or len(rows) == 1:
-        note_bad(data, f"{path}:{first}", why)
-        return
-    data.bad.update(f"{path}:{r}" for r in rows)
-    log.warning("skipping %d rows without a label in %s (row %d: %s)", len(rows), path, first, why)
+    bad.note_many([f"{path}:{r}" for r in rows], why,
+                  f"{len(rows)} rows without a label in {path} (row {first}: {why})")  # fmt: skip
 
 
 def _check_columns(schema, path: Path) -> None:

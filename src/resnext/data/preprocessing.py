@@ -7,14 +7,13 @@ its own, and evaluate, predict, export's check and torch.hub all build their tra
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from torch import Tensor
 
 from resnext.data.images import image_tensor
-from resnext.models.zoo import ModelSpec, default_input_size
 
 # The ImageNet RGB statistics every ImageNet recipe and import uses (torchvision, timm, pycls).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,20 +127,3 @@ class EvalTransform:
     def __call__(self, image: Any) -> Tensor:
         x = image if isinstance(image, Tensor) else image_tensor(image)
         return self.pre.views(x)
-
-
-def default_preprocessing(spec: ModelSpec) -> Preprocessing:
-    """What a model file without a record gets: the template's input size (zoo's
-    `default_input_size`), resized first by ImageNet's 0.875 crop ratio (256 for 224) unless
-    CIFAR-sized, and ImageNet statistics (grey models: their mean)."""
-    crop = default_input_size(spec)
-    resize = crop if spec.template == "cifar" else crop * 8 // 7
-    mean, std = _stats(spec.in_channels)
-    return Preprocessing(resize, crop, "bilinear", mean, std, spec.in_channels)
-
-
-def _stats(channels: int) -> tuple[Sequence[float], Sequence[float]]:
-    if channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    m, s = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
-    return (m,) * channels, (s,) * channels

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -140,7 +140,26 @@ def train_transform(kind: str, size: int, hflip: bool) -> Callable:
     return functools.partial(eval_image, resize=size, crop=size, ten_crop=False)
 
 
-def batch_augment(x: Tensor, cfg: Any, gen: torch.Generator, where: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class TrainFeed:
+    """What the training batches depend on (`TrainConfig.feed()` makes it): the augmentation
+    (`augment` kind, `train_size`, `pad`, `hflip`, colour noise, normalisation), the global
+    `batch_size` and `seed` its draws follow, and the decoding `workers`."""
+
+    augment: str
+    train_size: int
+    pad: int
+    hflip: bool
+    color_jitter: float
+    lighting: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    batch_size: int
+    seed: int
+    workers: int
+
+
+def batch_augment(x: Tensor, cfg: TrainFeed, gen: torch.Generator, where: Tensor) -> Tensor:
     """The per-batch part of training on a uint8 batch where it sits (the GPU when there is
     one): drawn for the whole global batch from `gen`, one (seed, epoch, step)'s, and taken at
     `where` (this rank's images that were read), so the draws do not depend on the world size
@@ -188,13 +207,6 @@ def eval_image(
     """`eval_views` of one PIL image or uint8 tensor (for DataLoader workers), contiguous."""
     x = img if isinstance(img, Tensor) else image_tensor(img)
     return eval_views(x, resize, crop, ten_crop, interpolation).contiguous()
-
-
-def eval_batch(
-    x: Tensor, resize: int, crop: int, ten_crop: bool, interpolation: str = "bilinear"
-) -> Tensor:
-    """`eval_views` of a whole uint8 batch: (N, C, h, w), or (N, 10, C, h, w) with ten-crop."""
-    return eval_views(x, resize, crop, ten_crop, interpolation)
 
 
 def mix(

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resnext.atomic import current_umask, write_atomic
 from resnext.errors import one_line
+
+__all__ = ["FORMAT", "CheckpointError", "current_umask", "remove_stale_temporaries",
+           "save_checkpoint"]  # fmt: skip
 
 FORMAT = "resnext-checkpoint/1"
 
@@ -34,38 +37,14 @@ class CheckpointError(ValueError):
     """A model file that cannot be read safely or does not fit."""
 
 
-def current_umask() -> int:
-    """The process's file mode creation mask (read without changing it where Linux allows)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic, but brief)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write `payload` atomically: temporary file in the same folder, fsync, rename.
-
-    A crash at any moment leaves either the previous file or the new one, never a torn file.
-    """
+    """Write `payload` atomically (resnext.atomic): a crash at any moment leaves either the
+    previous file or the new one, never a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     existed = path.exists()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates the file 0600; give it the permissions torch.save (open) would.
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
     except (OSError, RuntimeError) as e:
-        Path(tmp).unlink(missing_ok=True)
         # torch reports a failed write (full disk, file size limit) as a cryptic RuntimeError.
         free = shutil.disk_usage(path.parent).free / 2**20
         reason = one_line(e)
@@ -73,15 +52,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         raise OSError(
             f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk; {reason}); {kept}"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -16,12 +16,12 @@ from typing import Any
 
 from torch import nn
 
-from resnext.data.preprocessing import Preprocessing, default_preprocessing
+from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnext.files.checkpoint import CheckpointError
 from resnext.files.convert import detect_source, import_state
 from resnext.files.model_file import EXPORTED, file_kind, read_model_file, resolve
 from resnext.models.model import ResNeXt
-from resnext.models.zoo import ModelSpec
+from resnext.models.zoo import ModelSpec, default_input_size
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +108,16 @@ def model_metadata(model: ResNeXt) -> dict[str, Any]:
         "preprocessing": pre.to_dict() if pre is not None else None,
         "source": getattr(model, "source", None),
     }
+
+
+def default_preprocessing(spec: ModelSpec) -> Preprocessing:
+    """What a model file without a record gets: the template's input size (zoo's
+    `default_input_size`), resized first by ImageNet's 0.875 crop ratio (256 for 224) unless
+    CIFAR-sized, and ImageNet statistics (grey models: their mean)."""
+    crop = default_input_size(spec)
+    resize = crop if spec.template == "cifar" else crop * 8 // 7
+    channels = spec.in_channels
+    if channels == 3:
+        return Preprocessing(resize, crop, "bilinear", IMAGENET_MEAN, IMAGENET_STD, channels)
+    m, s = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    return Preprocessing(resize, crop, "bilinear", (m,) * channels, (s,) * channels, channels)

@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import pickletools
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,9 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from resnext.atomic import write_atomic
 from resnext.errors import one_line
 from resnext.extras import require
-from resnext.files.checkpoint import CheckpointError, current_umask, save_checkpoint
+from resnext.files.checkpoint import CheckpointError, save_checkpoint
 
 SAFETENSORS_META_KEY = "resnext"
 # safetensors refuses a header over 100 MB (its MAX_HEADER_SIZE), so no such file has one.
@@ -206,22 +206,11 @@ def save_safetensors(
     path: str | os.PathLike, state_dict: Mapping[str, Tensor], metadata: dict | None = None
 ) -> Path:
     """Write tensors (and JSON-able `metadata`) as safetensors, atomically."""
-    save_file = require("safetensors.torch", "export", "writing safetensors files").save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    save = require("safetensors.torch", "export", "writing safetensors files").save
     # safetensors refuses shared or strided storage: give every tensor its own contiguous copy.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     meta = {SAFETENSORS_META_KEY: json.dumps(metadata)} if metadata else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: f.write(save(tensors, metadata=meta)))
 
 
 def save_model_file(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:

@@ -56,7 +56,9 @@ def calibration_batches(
     (`ImageSet.subset`); a plain folder, images at even steps through its sorted files.
     Unreadable files are skipped with a warning.
     """
-    from resnext.data.folders import load_folder
+    from resnext.data import folders
+    from resnext.data.bad_images import BadImages
+    from resnext.data.datasets import load_files
 
     root = Path(folder)
     if not root.is_dir():
@@ -64,8 +66,10 @@ def calibration_batches(
     if limit < 1:
         raise ValueError(f"--calibration-images must be positive, got {limit}")
     if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
-        data = load_folder(str(root.parent), root.name, in_memory="no").subset(limit)
-        paths = list(data.paths or [])
+        bad = BadImages()
+        scan = folders.scan(str(root.parent), root.name, bad)
+        data = load_files(scan, root.name, bad, "no", None).subset(limit)
+        paths = [Path(data.name(i)) for i in range(len(data))]
     else:
         found = list_images([root])
         paths = found[:: max(1, len(found) // limit)][:limit]

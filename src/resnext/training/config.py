@@ -17,14 +17,17 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
-from resnext.data.batches import default_workers
+from resnext.cpus import default_workers
 from resnext.data.images import MAX_PIXELS
 from resnext.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Interpolation, Preprocessing
 from resnext.models.blocks import Form
 from resnext.precision import Precision
 from resnext.training.fields import check_value, parse_value
+
+if TYPE_CHECKING:
+    from resnext.data.transforms import TrainFeed
 
 Dataset = Literal["folder", "wds", "parquet", "cifar10", "cifar100", "digits"]
 Augment = Literal["crop_flip", "inception", "none"]
@@ -144,6 +147,12 @@ class TrainConfig:
         """The run's evaluation preprocessing: what validation uses and every checkpoint saves."""
         c = self.eval_resize, self.eval_crop, self.eval_interpolation, self.mean, self.std
         return Preprocessing(*c, len(self.mean))
+
+    def feed(self) -> TrainFeed:
+        """What the training batches read of this config (data/ knows no TrainConfig)."""
+        from resnext.data.transforms import TrainFeed  # torchvision: ~2 s of start-up
+
+        return TrainFeed(**{f.name: getattr(self, f.name) for f in fields(TrainFeed)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `config_from_dict` reads it back."""

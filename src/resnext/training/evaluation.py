@@ -6,9 +6,10 @@ import logging
 import os
 from typing import Any
 
-from resnext.data.batches import default_workers, eval_batches
+from resnext.cpus import default_workers
+from resnext.data.batches import eval_batches
 from resnext.data.datasets import FILE_DATASETS, load_dataset
-from resnext.data.imageset import common_classes
+from resnext.data.samples import common_classes
 from resnext.files.loader import load_model
 from resnext.training.distributed import setup
 from resnext.training.engine import evaluate
@@ -41,7 +42,7 @@ def evaluate_checkpoint(
             320x320 test), else to the model file's preprocessing.
         crop: centre crop size (default: the model file's).
         ten_crop: average the softmax of four corner and centre crops and their mirrors.
-        workers: decoding processes for a folder (None: batches.default_workers, at most 4).
+        workers: decoding processes for a folder (None: cpus.default_workers, at most 4).
         split: "val", "test", or "auto" (datasets.held_out_split: a folder's val/, else test/).
     """
     if resize is not None and resize < (crop or 0):
@@ -53,7 +54,7 @@ def evaluate_checkpoint(
     # model evaluates colour images as grey, as predict reads them).
     val = load_dataset(dataset, data, split, in_memory="no" if dataset in FILE_DATASETS else "auto")
     if val.images is None:
-        val.decode_channels = pre.channels
+        val = val.replace(decode_channels=pre.channels)
     _check_classes(model, val.classes, path, f"{dataset} {data!r}")
     if val.images is not None:
         if val.images.shape[1] != pre.channels:
@@ -61,7 +62,7 @@ def evaluate_checkpoint(
                 f"{dataset} {data!r} holds {val.images.shape[1]}-channel images; "
                 f"{path} takes {pre.channels}"
             )
-        val.images, val.labels = val.images.to(ctx.device), val.labels.to(ctx.device)
+        val = val.to(ctx.device)
     model = model.to(ctx.device)
     if workers is None:
         workers = default_workers()

@@ -23,7 +23,7 @@ from torch import nn
 
 from resnext.data.batches import eval_batches, smallest_image, train_batches
 from resnext.data.datasets import ImageSet, load_dataset
-from resnext.data.imageset import common_classes
+from resnext.data.samples import common_classes
 from resnext.files.checkpoint import remove_stale_temporaries
 from resnext.files.model_file import read_model_file
 from resnext.models.merged import merge_small_groups
@@ -166,7 +166,9 @@ def _train(
             steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", ctx.main, cfg.log_steps,
             sink=board.step_logger(epoch, steps_per_epoch),
         )  # fmt: skip
-        batches = train_batches(train_set, cfg, epoch, start_batch, ctx.rank, ctx.world, ctx.device)
+        batches = train_batches(
+            train_set, cfg.feed(), epoch, start_batch, ctx.rank, ctx.world, ctx.device
+        )
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
             with contextlib.closing(batches):  # an error mid-epoch stops the loader's workers
@@ -179,7 +181,10 @@ def _train(
             ) from None
         start_batch, sums = 0, None
         metrics |= _validate(t, val_set, cfg, ctx)
-        metrics |= {"bad_images": len(train_set.bad | val_set.bad), "skipped_steps": t.skipped}
+        metrics |= {
+            "bad_images": len(train_set.bad.files | val_set.bad.files),
+            "skipped_steps": t.skipped,
+        }
         saver.best = min(saver.best, metrics["val_top1_error"])
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
@@ -232,19 +237,17 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     sizes = {"train": cfg.train_size if fixed else None}
     sizes["auto"] = cfg.eval_crop if cfg.eval_resize == cfg.eval_crop else None
     for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
-        smallest = smallest_image(cfg) if split == "train" else 1
+        smallest = smallest_image(cfg.feed()) if split == "train" else 1
         data = load_dataset(
             cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest,
             sizes[split], cfg.max_pixels,
         )  # fmt: skip
-        data = data.subset(limit)
-        if data.images is not None:
-            data.images, data.labels = data.images.to(ctx.device), data.labels.to(ctx.device)
-        sets.append(data)
+        sets.append(data.subset(limit).to(ctx.device))
     train_set, val_set = sets
-    val_set.classes = common_classes(train_set.classes, val_set.classes)
-    if val_set.classes is None:
+    classes = common_classes(train_set.classes, val_set.classes)
+    if classes is None:
         raise ValueError("the training and validation sets have different classes")
+    val_set = val_set.replace(classes=classes)
     if len(cfg.mean) != train_set.channels:
         raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
     memory = train_set.images is not None and cfg.augment != "inception"

@@ -6,10 +6,9 @@
     DIR/NAME-train-0000.tar ...       samples KEY.jpg (or .png, .webp) + KEY.cls (its label)
     DIR/NAME-validation-0000.tar ...  the held-out split
 
-Each tar's 512-byte member headers are read once when the set loads (parsed here; no package
-beyond the standard library), keeping each image's offset and size, so that reading a sample is one
-positioned read (`os.pread`) and batches stay a function of (seed, epoch, step). File handles
-open lazily in the process that reads (each DataLoader worker its own), a few at a time.
+Each tar's member headers are read once when the set loads (data/tar.py), keeping each image's
+offset and size, so that reading a sample is one positioned read (`os.pread`) and batches stay a
+function of (seed, epoch, step). Files open lazily in the process that reads (records.OpenFiles).
 """
 
 from __future__ import annotations
@@ -18,87 +17,63 @@ import json
 import logging
 import os
 import re
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from resnext.data.images import IMAGE_SUFFIXES, MAX_PIXELS
-from resnext.data.imageset import ImageSet, NoSamples, note_bad, with_class
-from resnext.data.memory import hold_small
+from resnext.data.bad_images import BadImages
+from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.records import OpenFiles, ShardRecords, open_fd
+from resnext.data.samples import Scan
+from resnext.data.tar import TarError, tar_members
 
-log = logging.getLogger("resnext.data.datasets")
+log = logging.getLogger(__name__)
 
 INFO = "_info.json"
+VAL = "validation"  # the held-out split's name
 _IMAGE_EXTS = {s[1:] for s in IMAGE_SUFFIXES}
-_OPEN_FILES = 64  # handles kept open per process; ImageNet has 1,024 train shards
+_OPEN_FILES = 64  # files kept open per process; ImageNet has 1,024 train shards
 _SCAN_THREADS = 8
 
 
-class TarRecords:
-    """Image members of tar shards: shard index, data offset and size, and key per record."""
+class TarRecords(ShardRecords):
+    """Image members of tar shards: shard index, data offset and byte count, and key per record."""
 
     def __init__(self, shards: list[Path], shard: np.ndarray, offset: np.ndarray,
-                 size: np.ndarray, keys: np.ndarray) -> None:  # fmt: skip
+                 nbytes: np.ndarray, keys: np.ndarray) -> None:  # fmt: skip
         # numpy arrays, not lists of Python objects: forked workers then share the index (no
         # reference counts written, so no copy-on-write of 1.28 M objects per worker).
-        self.shards, self.shard, self.offset, self.size = shards, shard, offset, size
+        self.shards, self.shard, self.offset, self.nbytes = shards, shard, offset, nbytes
         self.keys = keys  # UTF-8 bytes
-        self._files: OrderedDict[int, int] = OrderedDict()
-        self._pid = os.getpid()
+        self.handles = OpenFiles(open_fd, _OPEN_FILES)
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def __getstate__(self) -> dict:  # handles stay in the process that opened them
-        return {**self.__dict__, "_files": OrderedDict()}
 
     def name(self, i: int) -> str:
         return f"{self.shards[self.shard[i]]}:{self.keys[i].decode()}"
 
     def read(self, i: int) -> bytes:
-        fd = self._fd(int(self.shard[i]))
-        data = os.pread(fd, int(self.size[i]), int(self.offset[i]))
-        if len(data) != self.size[i]:
+        fd = self.handles.get(self.shards[int(self.shard[i])])
+        data = os.pread(fd, int(self.nbytes[i]), int(self.offset[i]))
+        if len(data) != self.nbytes[i]:
             raise OSError(f"{self.name(i)}: shard ends inside the image (truncated)")
         return data
 
     def take(self, keep: list[int]) -> TarRecords:
-        return TarRecords(self.shards, self.shard[keep], self.offset[keep], self.size[keep],
+        return TarRecords(self.shards, self.shard[keep], self.offset[keep], self.nbytes[keep],
                           self.keys[keep])  # fmt: skip
 
-    def _fd(self, s: int) -> int:
-        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are not ours
-            self._files, self._pid = OrderedDict(), os.getpid()
-        fd = self._files.pop(s, None)
-        if fd is None:
-            fd = os.open(self.shards[s], os.O_RDONLY)
-            if len(self._files) >= _OPEN_FILES:
-                os.close(self._files.popitem(last=False)[1])
-        self._files[s] = fd  # most recently used last
-        return fd
 
-
-def load_wds(
-    root: str,
-    split: str,
-    in_memory: str = "auto",
-    bad_images: str = "skip",
-    min_size: int = 1,
-    size: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-) -> ImageSet:
-    """The `split` ("train", "validation" or "test") of the shards in `root`.
+def scan(root: str, split: str, bad: BadImages) -> Scan:
+    """The samples of the `split` ("train", "validation" or "test") shards in `root`.
 
     A missing or truncated shard is a ValueError naming it, before any training; a sample
     without an image or a usable label is a bad image (skipped with a warning, counted).
     """
     info = read_info(root)
     shards, lengths = split_shards(root, split, info)
-    data = ImageSet([], torch.zeros(0, dtype=torch.int64), on_bad=bad_images, split=split,
-                    min_size=min_size, memory_size=size, max_pixels=max_pixels)  # fmt: skip
     index: list[tuple[int, int, int, str]] = []
     labels: list[int] = []
     # Threads overlap the reads of many shards: on a network file system each header is a
@@ -112,25 +87,22 @@ def load_wds(
                 "(truncated or replaced: download or pack it again)"
             )
         for key, image, label in samples:
-            name = f"{path}:{key}"
             reason = "no image" if image is None else _label_problem(label)
             if reason is not None:
-                note_bad(data, name, reason)
+                bad.note(f"{path}:{key}", reason)
                 continue
             index.append((s, image[0], image[1], key))
             labels.append(int(label))
-    data.classes = class_names(info.get("classes"), labels, f"{root} ({INFO} names none)")
-    keep = with_class(data, labels, lambda j: f"{shards[index[j][0]]}:{index[j][3]}")
-    labels, index = [labels[j] for j in keep], [index[j] for j in keep]
-    if not index:
-        raise NoSamples(f"no readable samples in the {split} shards of {root}")
-    s, off, size, keys = zip(*index)
-    data.records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
-                              np.array(size, dtype=np.int64),
-                              np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
-    data.labels = torch.tensor(labels, dtype=torch.int64)
-    hold_small(data, in_memory)
-    return data
+    s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
+    records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
+                         np.array(nbytes, dtype=np.int64),
+                         np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
+    return Scan(records, labels, _names(info.get("classes")), f"{root} ({INFO} names none)",
+                f"no readable samples in the {split} shards of {root}")  # fmt: skip
+
+
+def _names(classes: list | None) -> list[str] | None:
+    return [str(n) for n in classes] if classes else None
 
 
 def read_info(root: str) -> dict:
@@ -185,18 +157,17 @@ def _check_numbering(shards: list[Path]) -> None:
             raise ValueError(f"shard {shards[0].parent / name} is missing (the numbering skips it)")
 
 
-def held_out_splits(root: str) -> list[str]:
-    """The held-out splits present in `root`: "validation", "test" (as in _info.json, or names)."""
+def splits(root: str) -> list[str]:
+    """ "train", then the held-out splits present in `root` ("validation", "test": named in
+    _info.json or by the shards' names)."""
     info = read_info(root)
     names = {p.name for p in Path(root).glob("*.tar")}
-    return [s for s in ("validation", "test")
-            if s in info.get("splits", {}) or any(f"-{s}-" in n for n in names)]  # fmt: skip
+    return ["train", *(s for s in (VAL, "test")
+                       if s in info.get("splits", {}) or any(f"-{s}-" in n for n in names))]  # fmt: skip
 
 
 # webdataset's rule: a member's key is its path up to the first dot of its file name.
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
-_BLOCK = 512
-_FILE_TYPES = (b"0", b"\0", b"7")  # regular files (tar's "contiguous" type 7 included)
 
 
 def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None]]:
@@ -218,77 +189,11 @@ def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None
                 elif ext == "cls":
                     f.seek(offset)
                     sample[2] = f.read(size)
-    except _Damaged as e:
+    except TarError as e:
         raise ValueError(f"shard {path} {e} (download or pack it again)") from None
     except OSError as e:
         raise ValueError(f"cannot read shard {path}: {e}") from None
     return [tuple(s) for s in samples.values()]
-
-
-class _Damaged(Exception):
-    """A tar file that is truncated or not a tar file."""
-
-
-def tar_members(f, file_size: int):
-    """(name, data offset, size) of each regular file in a tar, from its headers alone.
-
-    Iterating with the standard library's tarfile alone takes 47-69 us per sample of three
-    members (an object per member); this reads the ustar headers itself (GNU long names and pax
-    paths included) in 15-21 us, measured on one core: 25 s for ImageNet's 1.28 M samples.
-    """
-    pos, long_name = 0, None
-    while True:
-        f.seek(pos)
-        header = f.read(_BLOCK)
-        if len(header) < _BLOCK:
-            raise _Damaged("is truncated (no end-of-archive blocks)" if pos else "is empty")
-        if header == bytes(_BLOCK):
-            if f.read(_BLOCK) != bytes(_BLOCK):
-                raise _Damaged("is truncated (half an end-of-archive)")
-            return
-        if _checksum(header) != _octal(header[148:156]):
-            raise _Damaged(f"is not a tar file (bad header at byte {pos})")
-        name = header[:100].split(b"\0", 1)[0]
-        if header[257:262] == b"ustar" and header[345] != 0:
-            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
-        size, kind, data = _size(header[124:136]), header[156:157], pos + _BLOCK
-        if data + size > file_size:
-            raise _Damaged(f"is truncated (a member ends past its {file_size} bytes)")
-        if kind in (b"L", b"x"):  # the next member's name: GNU long name, pax record
-            f.seek(data)
-            long_name = _long_name(f.read(size), kind)
-        else:  # a long name belongs to the next member, whatever its kind (folder, link)
-            if kind in _FILE_TYPES:
-                yield (long_name or name).decode("utf-8", "replace"), data, size
-            long_name = None
-        pos = data + (size + _BLOCK - 1) // _BLOCK * _BLOCK
-
-
-def _checksum(header: bytes) -> int:
-    return sum(header[:148]) + 8 * 32 + sum(header[156:])
-
-
-def _octal(field: bytes) -> int:
-    try:
-        return int(field.replace(b"\0", b" ").strip() or b"0", 8)
-    except ValueError:
-        return -1
-
-
-def _size(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256 for members of 8 GB and more
-        return int.from_bytes(field[1:], "big")
-    return max(_octal(field), 0)
-
-
-def _long_name(data: bytes, kind: bytes) -> bytes | None:
-    if kind == b"L":
-        return data.split(b"\0", 1)[0]
-    for record in data.split(b"\n"):  # pax: "LENGTH key=value"
-        key, _, value = record.partition(b" ")[2].partition(b"=")
-        if key == b"path":
-            return value
-    return None
 
 
 def _label_problem(label: bytes | None) -> str | None:
@@ -299,12 +204,3 @@ def _label_problem(label: bytes | None) -> str | None:
     except (UnicodeDecodeError, ValueError):
         return f"label {label[:20]!r} is not an integer"
     return None if value >= 0 else f"label {value} (unlabelled)"
-
-
-def class_names(names: list | None, labels: list[int], where: str) -> list[str]:
-    """The recorded class names, or the label numbers as names when none are recorded."""
-    if names:
-        return [str(n) for n in names]
-    count = max(labels, default=-1) + 1
-    log.info("%s: classes named by their numbers 0..%d", where, count - 1)
-    return [str(i) for i in range(count)]
