@@ -1,6 +1,7 @@
 """The ImageNet feed on the CPU: images/s per core against torchvision's reference pipeline.
 
-    /work/tools/quiet.sh python benchmarks/feed.py [--images 320] [--batch 64] [--rounds 3]
+    python benchmarks/feed.py [--images 320] [--batch 64] [--rounds 3]
+    benchmarks/quiet.sh python -- python benchmarks/feed.py   # other python processes paused
 
 Makes its own full-size photos (500x375 and 375x500 JPEGs, quality 90, cut from
 scikit-learn's two sample photographs at random places, flipped at random), then times whole
@@ -9,7 +10,7 @@ epochs, interleaved round by round so that every pipeline sees the same machine:
 - train, torchvision: ImageFolder + transforms v2 on PIL (RandomResizedCrop 224, flip, to float,
   normalise), a DataLoader over it;
 - train, ours: `train_batches` of the `imagenet` recipe: workers decode, crop, flip (uint8),
-  then colour jitter, PCA lighting and normalisation on the whole batch, here on this CPU;
+  then colour jitter, PCA lighting and normalisation on the whole batch, here on the CPU;
 - train, ours (feed only): the same workers, the batch stage left to the device (what a GPU
   run costs its CPUs); and the folder's without JPEG draft decoding (which only acts on crops
   at least twice the output size: `--scale 2` makes 1000x750 photos where it does);

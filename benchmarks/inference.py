@@ -1,7 +1,7 @@
 """Every inference path of a checkpoint on real images: top-1, agreement with fp32, images/s,
 measured in the same run; and int8 speed on ResNeXt-50 against torchvision's eager fp32.
 
-    python benchmarks/inference.py --checkpoint run/best.pt --data ../shared/data/cifar10-jpeg
+    python benchmarks/inference.py --checkpoint run/best.pt --data DATA
     python benchmarks/inference.py --speed resnext50_32x4d --batches 1,8,32
 
 The first evaluates every image of `DATA/test` (class folders named as the checkpoint's

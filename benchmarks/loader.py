@@ -1,6 +1,6 @@
 """The CIFAR training path on the CPU: the loader alone against the model step.
 
-    python benchmarks/loader.py --data ../shared/data/cifar10-jpeg [--model resnext11_8x12d_p16]
+    python benchmarks/loader.py --data DATA [--model resnext11_8x12d_p16]
 
 Decodes the image folder into memory once (timed), then times (1) `train_batches` alone:
 indexing the uint8 tensor, normalising and the batched pad-crop-flip, and (2) one training
@@ -29,7 +29,7 @@ from resnext.training.optim import build_optimizer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
+    parser.add_argument("--data", required=True, help="an image folder (DATA/train, DATA/test)")
     parser.add_argument("--model", default="resnext11_8x12d_p16", help="the cpu preset's C=8")
     parser.add_argument(
         "--split",

@@ -1,6 +1,6 @@
 """Resident memory after each epoch of a CPU training run on the CIFAR-10 JPEGs.
 
-    python benchmarks/memory.py --data ../shared/data/cifar10-jpeg [--epochs 5] [--limit 2000]
+    python benchmarks/memory.py --data DATA [--epochs 5] [--limit 2000]
 
 Trains the `cifar` recipe on the image folder (decoded into memory once) with a narrow model
 and a class-spread subset of the training images, through the real `train()`: checkpoints,
@@ -43,9 +43,7 @@ class EpochMemory(logging.Handler):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", default=str(Path(__file__).parents[2] / "shared/data/cifar10-jpeg")
-    )
+    parser.add_argument("--data", required=True, help="the CIFAR-10 JPEG folder (DATA/train)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--limit", type=int, default=2000, help="training images (0: all)")
     parser.add_argument("--model", default="resnext11_4x16d_p16")
