@@ -202,3 +202,20 @@ def test_negative_tolerance_is_refused_before_writing(tmp_path, capsys):
     argv = ["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(out)]
     assert main([*argv, "--tolerance", "-1"]) == 2
     assert "--tolerance" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_safetensors_export_without_a_spec_is_checked_against_the_file(tmp_path, monkeypatch):
+    """The check reads the written weights back (into a network of the model's spec): a file
+    that differs from the model shows a difference, even with no metadata to rebuild from."""
+    import resnext.files.export as export
+    from resnext.files.model_file import save_safetensors
+
+    def save_damaged(path, state, metadata):
+        state = dict(state, **{"fc.bias": state["fc.bias"] + 0.5})
+        return save_safetensors(path, state, metadata)
+
+    model = tiny("cifar", "c")
+    assert export.export_model(model, "safetensors", tmp_path / "a.safetensors", 32) == 0.0
+    monkeypatch.setattr(export, "save_safetensors", save_damaged)
+    diff = export.export_model(model, "safetensors", tmp_path / "b.safetensors", 32)
+    assert diff == pytest.approx(0.5)
