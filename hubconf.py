@@ -21,8 +21,7 @@ _SRC = Path(__file__).resolve().parent / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:  # a plain checkout works without `pip install`
     sys.path.insert(0, str(_SRC))
 
-from resnext.models.model import create_model  # noqa: E402
-from resnext.models.zoo import list_models  # noqa: E402
+from resnext import create_model, list_models  # noqa: E402
 
 
 def _build(name: str, weights: str | os.PathLike | None, overrides: dict[str, Any]):

@@ -31,10 +31,10 @@ from resnext import create_model, fuse_for_inference
 from resnext.allocator import tune_allocator
 from resnext.data.images import decode_image, list_images
 from resnext.files.loader import load_model
+from resnext.files.runtimes import OnnxModel
 from resnext.inference.backends import optimize_for_inference
 from resnext.inference.bench import torchvision_reference
 from resnext.inference.quantize import quantize_int8, quantize_onnx
-from resnext.inference.runtimes import OnnxModel
 from resnext.models.zoo import default_input_size
 
 

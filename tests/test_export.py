@@ -115,7 +115,7 @@ def test_fusion_folds_every_bn_and_keeps_outputs(template, form):
 def test_onnx_and_program_take_other_image_sizes_and_onnx_carries_metadata(tmp_path, capsys):
     import json
 
-    from resnext.files.export import run_onnx, run_program
+    from resnext import load_model
 
     model = tiny("cifar", "c")
     pre = {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -129,8 +129,8 @@ def test_onnx_and_program_take_other_image_sizes_and_onnx_carries_metadata(tmp_p
     x = torch.randn(2, 3, 64, 48)  # exported at 32 x 32
     with torch.no_grad():
         want = model(x)
-    assert (run_onnx(onnx_file, x) - want).abs().max() <= 1e-4
-    assert (run_program(program, x) - want).abs().max() <= 1e-4
+    assert (load_model(onnx_file)(x) - want).abs().max() <= 1e-4
+    assert (load_model(program)(x) - want).abs().max() <= 1e-4
     dims = onnx.load(str(onnx_file)).graph.input[0].type.tensor_type.shape.dim
     assert all(d.dim_param for d in (dims[0], dims[2], dims[3])) and dims[1].dim_value == 3
     props = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_file)).metadata_props}
@@ -139,7 +139,7 @@ def test_onnx_and_program_take_other_image_sizes_and_onnx_carries_metadata(tmp_p
 
 
 def test_static_spatial_export_fixes_the_size(tmp_path, capsys):
-    from resnext.files.export import run_onnx
+    from resnext import load_model
 
     ckpt = checkpoint(tmp_path, tiny("cifar", "c"), 32)
     out = tmp_path / "m.onnx"
@@ -147,7 +147,7 @@ def test_static_spatial_export_fixes_the_size(tmp_path, capsys):
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert (dims[2].dim_value, dims[3].dim_value) == (32, 32)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
-        run_onnx(out, torch.randn(1, 3, 64, 64))
+        load_model(out)(torch.randn(1, 3, 64, 64))
 
 
 @pytest.mark.parametrize("fmt, suffix", [("torchscript", ".ts"), ("exported-program", ".pt2")])
@@ -202,3 +202,20 @@ def test_negative_tolerance_is_refused_before_writing(tmp_path, capsys):
     argv = ["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(out)]
     assert main([*argv, "--tolerance", "-1"]) == 2
     assert "--tolerance" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_safetensors_export_without_a_spec_is_checked_against_the_file(tmp_path, monkeypatch):
+    """The check reads the written weights back (into a network of the model's spec): a file
+    that differs from the model shows a difference, even with no metadata to rebuild from."""
+    import resnext.files.export as export
+    from resnext.files.model_file import save_safetensors
+
+    def save_damaged(path, state, metadata):
+        state = dict(state, **{"fc.bias": state["fc.bias"] + 0.5})
+        return save_safetensors(path, state, metadata)
+
+    model = tiny("cifar", "c")
+    assert export.export_model(model, "safetensors", tmp_path / "a.safetensors", 32) == 0.0
+    monkeypatch.setattr(export, "save_safetensors", save_damaged)
+    diff = export.export_model(model, "safetensors", tmp_path / "b.safetensors", 32)
+    assert diff == pytest.approx(0.5)

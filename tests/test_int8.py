@@ -21,11 +21,11 @@ from PIL import Image
 
 from resnext import ModelSpec, build_model, optimize_for_inference
 from resnext.cli import main
+from resnext.data.calibration import calibration_batches
 from resnext.data.images import decode_image
 from resnext.data.preprocessing import Preprocessing
 from resnext.files.checkpoint import save_checkpoint
 from resnext.files.loader import load_model
-from resnext.inference.quantize import calibration_batches
 
 CLASSES = ["blue", "green", "grey", "red"]
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "grey": (128,) * 3}
@@ -116,7 +116,7 @@ def test_int8_export_is_evaluated_as_deployed(trained, tmp_path, capsys):
     ckpt, data, model = trained
     out = tmp_path / "model_int8.onnx"
     text = export_int8(capsys, ckpt, out, data)
-    assert "48 calibration images" in text
+    assert "calibrated on 36 images; on 12 held-out images top-1 agrees" in text
     fp32, int8 = evaluate(capsys, ckpt, data), evaluate(capsys, out, data)
     assert fp32["images"] == int8["images"] == 48
     assert fp32["top1_error"] <= 25  # the model learned the colours
@@ -130,7 +130,7 @@ def test_int8_export_is_evaluated_as_deployed(trained, tmp_path, capsys):
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta["precision"] == "int8" and meta["class_names"] == CLASSES
     assert meta["preprocessing"]["resize"] == 18 and "EXIF" in meta["input"]
-    assert meta["quantization"]["calibration_images"] == 48
+    assert meta["quantization"]["calibration_images"] == 36  # the other 12 held out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     pre = Preprocessing.from_dict(PRE, 3).transform()
     paths = sorted((data / "test").rglob("*.png"))
@@ -199,6 +199,37 @@ def test_int8_export_needs_calibration_and_onnx(trained, tmp_path, capsys):
         code, _, err = run(capsys, *base, *extra)
         assert code == 2 and words in err and err.count("\n") == 1, err
     assert not list(tmp_path.glob("a.*"))
+
+
+def test_one_calibration_image_leaves_no_held_out_images_to_judge(trained, tmp_path, capsys):
+    """The agreement is measured on images the ranges were not fitted to: with one image there
+    are none, and the report says so instead of a perfect score."""
+    ckpt, data, _ = trained
+    code, text, err = run(
+        capsys, "export", "--checkpoint", ckpt, "--format", "onnx", "--out", tmp_path / "m.onnx",
+        "--precision", "int8", "--calibration", data / "train", "--calibration-images", 1,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "calibrated on 1 images; no held-out images" in text and "%" not in text
+
+
+def test_low_int8_agreement_on_held_out_images_warns(tmp_path, caplog):
+    from resnext.inference.quantize import LOW_AGREEMENT, export_int8
+
+    from conftest import randomize_bn
+
+    write_images(tmp_path / "train", 8, seed=0)
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec(**SPEC, num_classes=len(CLASSES))))
+    with torch.no_grad():  # four nearly equal rows: the classes differ by less than int8's step
+        model.fc.weight.copy_(model.fc.weight[:1] + 1e-4 * torch.randn_like(model.fc.weight))
+        model.fc.bias.zero_()
+    payload = {"model": model.state_dict(), "spec": model.spec.to_dict(), "preprocessing": PRE}
+    ckpt = save_checkpoint(tmp_path / "m.pt", payload)
+    r = export_int8(ckpt, tmp_path / "m.onnx", tmp_path / "train", 32)
+    assert (r["images"], r["held_out"]) == (24, 8) and r["top1_agreement"] < LOW_AGREEMENT
+    warned = [m for m in caplog.messages if "held-out calibration images" in m]
+    assert len(warned) == 1 and f"{r['top1_agreement']:.2f}%" in warned[0]
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
@@ -282,7 +313,7 @@ def test_openvino_leaves_the_signal_stack_it_found(tmp_path):
     from the kernel (sigaltstack) in a child process, around two compiles and their deletion."""
     script = f"""
 import ctypes, faulthandler, gc, os, signal, torch
-from resnext.inference.runtimes import OnnxModel
+from resnext.files.runtimes import OnnxModel
 class S(ctypes.Structure):
     _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
 libc = ctypes.CDLL(None)

@@ -207,3 +207,11 @@ def test_shortcut_a_is_the_subsampled_identity_padded_with_zeros(stride: int) ->
         torch.testing.assert_close(
             block(x), torch.relu(block.transform(x) + torch.from_numpy(want))
         )
+
+
+def test_the_models_package_builds_architectures_only():
+    """Weights are the files package's: `resnext.create_model(name, weights=...)`."""
+    from resnext.models.model import create_model as architecture_only
+
+    with pytest.raises(TypeError, match=r"resnext\.create_model"):
+        architecture_only("resnet18", weights="torchvision")

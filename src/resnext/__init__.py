@@ -10,14 +10,14 @@ if interrupt.is_command():  # before torch is imported: Ctrl-C there is one line
 from resnext.data.preprocessing import Preprocessing
 from resnext.files.loader import load_model
 from resnext.files.model_file import read_model_file, save_safetensors
+from resnext.files.pretrained import create_model, fpn_backbone
 from resnext.files.weights import load_weights
 from resnext.inference.backends import optimize_for_inference
-from resnext.models.backbone import fpn_backbone
 from resnext.models.complexity import Complexity, count_complexity
 from resnext.models.design import design_width
 from resnext.models.forms import convert_form
 from resnext.models.fuse import fuse_for_inference
-from resnext.models.model import ResNeXt, build_model, create_model
+from resnext.models.model import ResNeXt, build_model
 from resnext.models.zoo import ModelSpec, get_spec, list_models, register_model
 
 __all__ = [

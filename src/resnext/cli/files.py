@@ -85,7 +85,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def _export_int8(args: argparse.Namespace) -> None:
     """A QDQ int8 ONNX file; --tolerance (max abs logit diff) applies only when given."""
-    from resnext.files.export import export_int8
+    from resnext.inference.quantize import export_int8
 
     if args.format != "onnx":
         raise UserError("--precision int8 writes onnx files only (--format onnx)")
@@ -97,9 +97,14 @@ def _export_int8(args: argparse.Namespace) -> None:
         raise UserError(f"--calibration-images must be positive, got {args.calibration_images}")
     spatial = args.spatial == "dynamic"
     r = export_int8(args.checkpoint, args.out, args.calibration, args.calibration_images, spatial)
-    print(f"wrote {args.out} (onnx int8 QDQ, dynamic batch, {args.spatial} height/width); on "
-          f"{r['images']} calibration images top-1 agrees with eager fp32 on "
-          f"{r['top1_agreement']:.2f}%, max abs logit diff {r['max_abs_diff']:.3g}")  # fmt: skip
+    if r["top1_agreement"] is None:
+        judged = "no held-out images to measure top-1 agreement on (sample 4 or more)"
+    else:
+        judged = (f"on {r['held_out']} held-out images top-1 agrees with eager fp32 on "
+                  f"{r['top1_agreement']:.2f}%")  # fmt: skip
+    print(f"wrote {args.out} (onnx int8 QDQ, dynamic batch, {args.spatial} height/width), "
+          f"calibrated on {r['images']} images; {judged}, "
+          f"max abs logit diff {r['max_abs_diff']:.3g}")  # fmt: skip
     if args.tolerance is not None and not r["max_abs_diff"] <= args.tolerance:
         diff = r["max_abs_diff"]
         raise UserError(f"export check failed: max abs diff {diff:.3g} > {args.tolerance:g}")
@@ -191,7 +196,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="int8: images, or class folders of images, to calibrate on",
     )
     p.add_argument("--calibration-images", type=int, metavar="N",
-                   help="int8: how many (spread over the classes; default 256)")  # fmt: skip
+                   help="int8: how many to sample (spread over the classes; default 256): "
+                        "a quarter is held out to judge the file")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of images with a model file")

@@ -3,7 +3,7 @@
 One road for every caller (evaluate, predict, export, torch.hub, the Python API):
 
     source --resolve--> local file --read_model_file--> dict --import_state--> model
-                                   +--(.onnx, TorchScript, .pt2)--> files/exported.py
+                                   +--(.onnx, TorchScript, .pt2)--> files/programs.py
 
 `resolve` (files/model_file.py) is the one place where other kinds of sources join.
 """
@@ -59,7 +59,7 @@ def load_model(
     if (fmt := file_kind(path)) in EXPORTED:
         if model_name or key or overrides:
             raise CheckpointError(f"{path} is an exported {fmt} file; it takes no model options")
-        from resnext.files.exported import load_exported
+        from resnext.files.programs import load_exported
 
         model, meta = load_exported(path, fmt)
         model.preprocessing = _preprocessing(meta, path, model.spec)

@@ -1,7 +1,7 @@
 """Pretrained weights into a newly built network: all of them strictly, the classifier when it fits.
 
-One road for `create_model(name, weights=...)`, `resnext train --init` and
-`fpn_backbone(weights=...)`: the source is read by `load_model` (any file kind, URL,
+The package's `create_model(name, weights=...)` and `fpn_backbone(name, weights=...)` live here:
+`models/` builds architectures only. One road for them and `resnext train --init`: the source is read by `load_model` (any file kind, URL,
 torchvision or timm tag), then copied into the new network. Only the classifier may be left
 out, and only because it cannot mean the same thing (another class count, or other classes).
 """
@@ -14,7 +14,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from resnext.files.weights import WeightsError, compare_state_dicts, infer_num_classes
+from resnext.models import model as architecture
+from resnext.models.backbone import backbone_with_fpn
 from resnext.models.model import ResNeXt
 from resnext.models.zoo import get_spec, model_name
 
@@ -23,6 +27,48 @@ log = logging.getLogger(__name__)
 CLASSIFIER = ("fc.weight", "fc.bias")
 # Spec fields a fine-tuned network may change: they leave every pretrained tensor meaningful.
 _FREE = ("num_classes", "form", "zero_init_residual")
+
+
+def create_model(name: str, weights: Any = None, **overrides: Any) -> ResNeXt:
+    """Build a named variant, e.g. `create_model("resnext50_32x4d", num_classes=10, form="a")`.
+
+    Options that the name does not fix (num_classes, form, shortcut, ...) may be overridden;
+    overriding cardinality, width or depth with another value raises ValueError.
+    `weights` loads pretrained weights: a model file, a URL, "torchvision[:TAG]" or
+    "timm:NAME.TAG" (files/sources.py); a `num_classes` unlike the file's gets a new classifier.
+    """
+    if weights is None:
+        return architecture.create_model(name, **overrides)
+    return create_pretrained(name, weights, **overrides)
+
+
+def fpn_backbone(
+    name: str,
+    weights: Any = None,
+    trainable_stages: int = 3,
+    returned_stages: Sequence[int] = (1, 2, 3, 4),
+    frozen_bn: bool | None = None,
+    out_channels: int = 256,
+    **overrides: Any,
+) -> nn.Module:
+    """A torchvision `BackboneWithFPN` over the stages of a named ResNeXt (models/backbone.py).
+
+    Args:
+        name: registered variant, e.g. "resnext50_32x4d".
+        weights: None or a source `create_model` takes (file, URL, "torchvision", "timm:...").
+        trainable_stages: stages that train, counted from the last; the stem counts as one
+            more (torchvision's `trainable_layers`: 0..5 for the ImageNet template, 3 default).
+        returned_stages: stages (1 = conv2 ... 4 = conv5) whose outputs feed the FPN.
+        frozen_bn: replace BN by torchvision's FrozenBatchNorm2d (fixed statistics and affine).
+            Default: when `weights` are given, as torchvision's detection builders do
+            (`FrozenBatchNorm2d if is_trained else BatchNorm2d`): detection batches of 1-2
+            images per GPU are too small for BN statistics, so pretrained ones are kept.
+        out_channels: channels of every FPN level.
+        overrides: ModelSpec options for `create_model` (e.g. base_planes=16).
+    """
+    model = create_model(name, weights=weights, **overrides)
+    frozen = weights is not None if frozen_bn is None else frozen_bn
+    return backbone_with_fpn(model, trainable_stages, returned_stages, frozen, out_channels)
 
 
 def read_pretrained(
@@ -39,7 +85,7 @@ def read_pretrained(
 
 
 def create_pretrained(name: str, weights: str | os.PathLike, **overrides: Any) -> ResNeXt:
-    """`create_model(name, weights=...)`: the file's classes unless `num_classes` is given
+    """`create_model(name, weights)`: the file's classes unless `num_classes` is given
     (then a new classifier). In training mode, as `create_model` without weights."""
     src = read_pretrained(weights, name, overrides.get("form", "c"))
     overrides.setdefault("num_classes", src.spec.num_classes)

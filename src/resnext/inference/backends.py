@@ -50,8 +50,8 @@ class OnnxRuntimeModel(nn.Module):
         import tempfile
         from pathlib import Path
 
-        from resnext.files.export import export_onnx
-        from resnext.inference.runtimes import ort_session
+        from resnext.files.programs import export_onnx
+        from resnext.files.runtimes import ort_session
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
@@ -95,8 +95,8 @@ def _int8(model: nn.Module, calibration: Iterable[Tensor] | None, backend: str) 
     import tempfile
     from pathlib import Path
 
+    from resnext.files.runtimes import OnnxModel
     from resnext.inference.quantize import quantize_int8, quantize_onnx
-    from resnext.inference.runtimes import OnnxModel
 
     if calibration is None:
         raise ValueError("int8 needs calibration: batches of preprocessed images")

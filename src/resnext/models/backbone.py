@@ -1,52 +1,46 @@
 """A ResNeXt as the backbone of torchvision's detectors (Faster R-CNN, RetinaNet, Mask R-CNN).
 
-    backbone = fpn_backbone("resnext50_32x4d", weights="torchvision")
+    backbone = resnext.fpn_backbone("resnext50_32x4d", weights="torchvision")
     detector = torchvision.models.detection.FasterRCNN(backbone, num_classes=91)
 
 The result is torchvision's own `BackboneWithFPN`, built as its `resnet_fpn_backbone` builds one
 from a torchvision ResNet, with the same module names (`body.conv1`, `body.layer1.0.conv2`,
 `fpn.inner_blocks.0`), so detection checkpoints of torchvision's ResNet-FPN models fit it.
+`backbone_with_fpn` builds it around a network; `resnext.fpn_backbone` (files/pretrained.py)
+first builds the network by name, with weights.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 
-from resnext.models.model import ResNeXt, create_model
+from resnext.models.model import ResNeXt
 
 
-def fpn_backbone(
-    name: str,
-    weights: Any = None,
+def backbone_with_fpn(
+    model: ResNeXt,
     trainable_stages: int = 3,
     returned_stages: Sequence[int] = (1, 2, 3, 4),
-    frozen_bn: bool | None = None,
+    frozen_bn: bool = False,
     out_channels: int = 256,
-    **overrides: Any,
 ) -> nn.Module:
-    """A torchvision `BackboneWithFPN` over the stages of a named ResNeXt.
+    """A torchvision `BackboneWithFPN` over the stages of `model` (its weights are shared).
 
     Args:
-        name: registered variant, e.g. "resnext50_32x4d".
-        weights: None or a source `create_model` takes (file, URL, "torchvision", "timm:...").
+        model: the network, e.g. from `resnext.create_model(name, weights=...)`.
         trainable_stages: stages that train, counted from the last; the stem counts as one
             more (torchvision's `trainable_layers`: 0..5 for the ImageNet template, 3 default).
         returned_stages: stages (1 = conv2 ... 4 = conv5) whose outputs feed the FPN.
         frozen_bn: replace BN by torchvision's FrozenBatchNorm2d (fixed statistics and affine).
-            Default: when `weights` are given, as torchvision's detection builders do
-            (`FrozenBatchNorm2d if is_trained else BatchNorm2d`): detection batches of 1-2
-            images per GPU are too small for BN statistics, so pretrained ones are kept.
         out_channels: channels of every FPN level.
-        overrides: ModelSpec options for `create_model` (e.g. base_planes=16).
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    model = create_model(name, weights=weights, **overrides)
+    name = getattr(model, "name", None) or "this model"
     stages = model.num_stages
     if not 0 <= trainable_stages <= stages + 1:
         raise ValueError(
@@ -59,8 +53,6 @@ def fpn_backbone(
             f"returned_stages={list(returned_stages)} is out of range for {name}: "
             f"each must be in 1..{stages}"
         )
-    if frozen_bn is None:
-        frozen_bn = weights is not None
     body = stem_and_stages(model, returned[-1])
     train = [f"layer{i}" for i in range(stages, 0, -1)] + ["conv1", "bn1"]
     train = train[: trainable_stages + (trainable_stages == stages + 1)]

@@ -122,18 +122,16 @@ def build_model(spec: ModelSpec) -> ResNeXt:
     return ResNeXt(spec)
 
 
-def create_model(name: str, weights: Any = None, **overrides: Any) -> ResNeXt:
+def create_model(name: str, **overrides: Any) -> ResNeXt:
     """Build a named variant, e.g. `create_model("resnext50_32x4d", num_classes=10, form="a")`.
 
     Options that the name does not fix (num_classes, form, shortcut, ...) may be overridden;
-    overriding cardinality, width or depth with another value raises ValueError.
-    `weights` loads pretrained weights: a model file, a URL, "torchvision[:TAG]" or
-    "timm:NAME.TAG" (files/sources.py); a `num_classes` unlike the file's gets a new classifier.
+    overriding cardinality, width or depth with another value raises ValueError. The
+    architecture only: `resnext.create_model(name, weights=...)` also loads weights.
     """
-    if weights is not None:
-        from resnext.files.pretrained import create_pretrained  # lazy: files imports models
-
-        return create_pretrained(name, weights, **overrides)
+    if "weights" in overrides:
+        raise TypeError("models.create_model builds the architecture only; "
+                        "resnext.create_model(name, weights=...) loads weights")  # fmt: skip
     model = ResNeXt(get_spec(name, **overrides))
     model.name = name
     return model

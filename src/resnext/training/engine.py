@@ -157,7 +157,7 @@ def _evaluate(
     model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], precision: str, channels_last: bool
 ) -> dict[str, float]:
     model.eval()
-    # an exported file (files/exported.py) has no parameters: it runs on the CPU
+    # an exported file (files/programs.py) has no parameters: it runs on the CPU
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     sums = torch.zeros(4, dtype=torch.float64, device=device)

@@ -1,9 +1,10 @@
 """ONNX files run by ONNX Runtime or OpenVINO on the CPU, as PyTorch modules.
 
-float32 NCHW in, float32 logits out on the input's device. `load_model` runs exported .onnx
-files through `OnnxModel` with ONNX Runtime (what `evaluate` and `predict` report is what the
-file does), and `optimize_for_inference(model, "int8")` runs its QDQ file through OpenVINO where
-it is installed: the fastest int8 path measured here (docs/performance.md).
+float32 NCHW in, float32 logits out on the input's device. The runner of exported .onnx files
+(files/programs.py, behind `load_model`) uses `OnnxModel` with ONNX Runtime, so what `evaluate`,
+`predict` and export's checks report is what the file does; `optimize_for_inference(model,
+"int8")` runs its QDQ file through OpenVINO where it is installed: the fastest int8 path
+measured here (docs/performance.md).
 """
 
 from __future__ import annotations
