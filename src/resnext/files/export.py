@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.loader import load_model, model_metadata
-from resnext.files.model_file import save_safetensors
+from resnext.files.model_file import EXPORTED, file_kind, resolve, save_safetensors
 from resnext.models.model import ResNeXt
 
 log = logging.getLogger(__name__)
@@ -209,10 +209,10 @@ def export_model(
 
 
 def _source_model(checkpoint: str | os.PathLike) -> ResNeXt:
-    model = load_model(checkpoint)
-    if not isinstance(model, ResNeXt):
-        raise ValueError(f"{checkpoint} is an exported file; export from the checkpoint instead")
-    return model
+    path = resolve(checkpoint)
+    if (kind := file_kind(path)) in EXPORTED:  # refused unread: a program may run code
+        raise ValueError(f"{path} is an exported {kind} file; export from the checkpoint instead")
+    return load_model(path)
 
 
 def file_metadata(model: ResNeXt, precision: str) -> dict[str, Any]:

@@ -3,8 +3,15 @@
 `load_model` hands them here, so `evaluate` and `predict` report what the deployed file does:
 ONNX through ONNX Runtime, TorchScript through `torch.jit.load`, .pt2 through
 `torch.export.load`, each with the spec, class names and preprocessing in the file's own
-metadata. Loading a TorchScript or .pt2 file runs the program it holds (TorchScript and ATen
-operators, no Python), which is what deploying it means; weight files never run code.
+metadata.
+
+TorchScript and .pt2 files are programs, read only when the caller trusts the file
+(`trusted=True`, the CLI's `--trust-file`). Reading them can run any Python: torch.export.load
+unpickles sample inputs, weights and constants with `weights_only=False` when the safe load
+fails, and parses the graph's shape expressions with sympy, which calls `eval`; a TorchScript
+archive runs its own TorchScript (a class's `__setstate__`) as it loads. No scan of the pickles could tell such a
+file safe, so the whole format is refused. An ONNX file is a graph of ONNX operators that ONNX
+Runtime runs: no pickle, no Python, no trust needed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from resnext.models.zoo import ModelSpec
 log = logging.getLogger(__name__)
 
 META_FILE = "resnext.json"  # the extra file of TorchScript and .pt2 archives (files/export.py)
+PROGRAMS = ("torchscript", "exported-program")  # formats whose reading can run code
 
 
 class ExportedModel(nn.Module):
@@ -53,9 +61,16 @@ class ExportedModel(nn.Module):
         return self.run(x.to("cpu", torch.float32)).float().to(x.device)
 
 
-def load_exported(path: Path, fmt: str) -> tuple[ExportedModel, dict[str, Any]]:
+def load_exported(
+    path: Path, fmt: str, trusted: bool = False
+) -> tuple[ExportedModel, dict[str, Any]]:
     """The module of an exported file and its metadata; CheckpointError (one line) if the file
-    cannot be read or carries no resnext metadata."""
+    is a program not `trusted`, cannot be read or carries no resnext metadata."""
+    if fmt in PROGRAMS and not trusted:
+        raise CheckpointError(
+            f"refusing to load {path}: a {fmt} file is a program that can run code when loaded; "
+            "load it only from a source you trust, with --trust-file (trusted=True)"
+        )
     readers = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _program}
     try:
         run, meta = readers[fmt](path)
