@@ -23,12 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.checkpoint import CheckpointError
+from resnext.files.model_file import check_metadata
 from resnext.models.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,39 @@ def load_exported(
         log.debug("reading %s failed", path, exc_info=True)
         why = f"truncated or corrupt {fmt} file ({one_line(e)})"
         raise CheckpointError(f"cannot read {path}: {why}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: resnext metadata is a JSON {type(meta).__name__}")
     if not meta.get("preprocessing"):
         raise CheckpointError(
             f"{path} carries no resnext preprocessing metadata (write it with `resnext export`)"
         )
-    return ExportedModel(run, fmt, meta), meta
+    try:
+        check_metadata(meta)
+        return ExportedModel(run, fmt, meta), meta
+    except (TypeError, ValueError) as e:  # a spec ModelSpec refuses
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def check_runs(model: ExportedModel, path: Path) -> None:
+    """Run an ONNX file once on one image of its own size: ONNX Runtime checks less when it opens
+    a file than when it runs it (a reshape to a size no batch can take), and the damage is then
+    one line at load, not a traceback at the first batch."""
+    if model.format != "onnx":
+        return
+    ort = require("onnxruntime", "export", "reading onnx files")
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the error comes back as the exception: no second copy
+    pre, session = model.preprocessing, model.run.session
+    x = np.zeros((1, pre.channels, pre.crop, pre.crop), np.float32)
+    try:
+        out = session.run(None, {model.run.input: x}, quiet)[0]
+    except Exception as e:  # ONNX Runtime's own error types
+        raise CheckpointError(f"cannot run {path}: {one_line(e)}") from None
+    classes = model.spec.num_classes if model.spec else out.shape[-1]
+    if out.shape != (1, classes):
+        raise CheckpointError(
+            f"{path} gives outputs of shape {list(out.shape)} for one image, not [1, {classes}]"
+        )
 
 
 def _onnx(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
@@ -93,6 +123,9 @@ def _onnx(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
     onnx = require("onnx", "export", "reading onnx files")
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: _json(p.value, path) for p in proto.metadata_props}
+    # Shapes inferred through the graph must agree with the initializers: ONNX Runtime runs
+    # a convolution whose weight was cut short without a word.
+    onnx.checker.check_model(proto, full_check=True)
     return OnnxModel(path, "onnxruntime"), meta
 
 

@@ -62,10 +62,11 @@ def load_model(
     if (fmt := file_kind(path)) in EXPORTED:
         if model_name or key or overrides:
             raise CheckpointError(f"{path} is an exported {fmt} file; it takes no model options")
-        from resnext.files.exported import load_exported
+        from resnext.files.exported import check_runs, load_exported
 
         model, meta = load_exported(path, fmt, trusted)
         model.preprocessing = _preprocessing(meta, path, model.spec)
+        check_runs(model, path)
         return model.eval()
     obj = read_model_file(path)
     kind, source_name, documented = detect_source(obj, path)
