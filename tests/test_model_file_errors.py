@@ -303,3 +303,15 @@ def test_every_damaged_file_is_one_line_naming_the_file_and_the_field(sound, tmp
         load_model(path, trusted=True)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and word in msg, msg
+
+
+def test_a_graph_that_fails_only_when_run_is_one_line_from_the_cli(sound, tmp_path):
+    """ONNX Runtime also logs its error to stderr itself: the check at load keeps it quiet."""
+    path = damaged_onnx(sound, tmp_path / "damaged.onnx", "reshape")
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(tmp_path / "photo.png")
+    exe = Path(sys.executable).parent / "resnext"
+    argv = [str(exe), "predict", "--checkpoint", str(path), str(tmp_path / "photo.png")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and f"cannot run {path}" in done.stderr, done.stderr
