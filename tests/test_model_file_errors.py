@@ -315,3 +315,18 @@ def test_a_graph_that_fails_only_when_run_is_one_line_from_the_cli(sound, tmp_pa
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2 and done.stdout == "", done
     assert done.stderr.count("\n") == 1 and f"cannot run {path}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("batch", ["dynamic", "static"])
+def test_the_check_at_load_passes_sound_onnx_files(sound, tmp_path, batch):
+    """A fixed batch of 2 (`--batch static --spatial static`) is run at its own shape."""
+    from resnext import load_model
+    from resnext.files.export import export_checkpoint
+
+    path = sound["onnx"]
+    if batch == "static":
+        path = tmp_path / "static.onnx"
+        export_checkpoint(sound["pt"], "onnx", path, dynamic=False, spatial=False)
+    model = load_model(path)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 3)

@@ -6,12 +6,12 @@ ONNX through ONNX Runtime, TorchScript through `torch.jit.load`, .pt2 through
 metadata.
 
 TorchScript and .pt2 files are programs, read only when the caller trusts the file
-(`trusted=True`, the CLI's `--trust-file`). Reading them can run any Python: torch.export.load
-unpickles sample inputs, weights and constants with `weights_only=False` when the safe load
-fails, and parses the graph's shape expressions with sympy, which calls `eval`; a TorchScript
-archive runs its own TorchScript (a class's `__setstate__`) as it loads. No scan of the pickles could tell such a
-file safe, so the whole format is refused. An ONNX file is a graph of ONNX operators that ONNX
-Runtime runs: no pickle, no Python, no trust needed.
+(`trusted=True`, the CLI's `--trust-file`). Reading a .pt2 can run any Python:
+torch.export.load unpickles sample inputs, weights and constants with `weights_only=False`
+when the safe load fails, and parses the graph's shape expressions with sympy, which calls
+`eval`. A TorchScript archive runs its own TorchScript (a class's `__setstate__`) as it loads.
+No scan of the pickles could tell such a file safe, so the whole format is refused. An ONNX
+file is a graph of ONNX operators that ONNX Runtime runs: no pickle, no Python, no trust needed.
 """
 
 from __future__ import annotations
@@ -96,25 +96,26 @@ def load_exported(
 
 
 def check_runs(model: ExportedModel, path: Path) -> None:
-    """Run an ONNX file once on one image of its own size: ONNX Runtime checks less when it opens
-    a file than when it runs it (a reshape to a size no batch can take), and the damage is then
-    one line at load, not a traceback at the first batch."""
+    """Run an ONNX file once on zeros of its input's shape (one image at its own crop where a
+    dimension is dynamic): ONNX Runtime checks less when it opens a file than when it runs it
+    (a reshape to a size no batch can take), and the damage is then one line at load, not a
+    traceback at the first batch."""
     if model.format != "onnx":
         return
     ort = require("onnxruntime", "export", "reading onnx files")
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the error comes back as the exception: no second copy
     pre, session = model.preprocessing, model.run.session
-    x = np.zeros((1, pre.channels, pre.crop, pre.crop), np.float32)
+    wanted = (1, pre.channels, pre.crop, pre.crop)
+    declared = session.get_inputs()[0].shape
+    shape = [d if isinstance(d, int) else w for d, w in zip(declared, wanted, strict=False)]
     try:
-        out = session.run(None, {model.run.input: x}, quiet)[0]
+        out = session.run(None, {model.run.input: np.zeros(shape, np.float32)}, quiet)[0]
     except Exception as e:  # ONNX Runtime's own error types
         raise CheckpointError(f"cannot run {path}: {one_line(e)}") from None
-    classes = model.spec.num_classes if model.spec else out.shape[-1]
-    if out.shape != (1, classes):
-        raise CheckpointError(
-            f"{path} gives outputs of shape {list(out.shape)} for one image, not [1, {classes}]"
-        )
+    want = [shape[0], model.spec.num_classes if model.spec else out.shape[-1]]
+    if list(out.shape) != want:
+        raise CheckpointError(f"{path} gives outputs of shape {list(out.shape)}, not {want}")
 
 
 def _onnx(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
