@@ -66,9 +66,10 @@ def weights_digest(run: Path) -> str:
 
 
 def files_digest(root: Path) -> str:
-    """SHA-256 over the names and bytes of every file under `root`, in name order."""
+    """SHA-256 over the names and bytes of every file under `root`, in name order; the index
+    (`_index/`) is left out: it records the shards' modification times."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "_index" not in p.parts):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnext.data import pack
@@ -20,7 +21,18 @@ pytest.importorskip("pyarrow")
 
 
 def files_of(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file's bytes; the index (`_index/`) by its records, not its bytes (it records the
+    shards' modification times)."""
+    out = {}
+    for p in root.rglob("*"):
+        if p.is_file() and "_index" not in p.parts:
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                out[p.relative_to(root).as_posix()] = {
+                    k: z[k].tobytes() for k in z.files if k != "meta"
+                }
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ cluster's network file system serves a few large files instead of a million smal
 The encoded images are copied as they are (never re-encoded), in the set's order, so that the
 packed set gives the same batches as its source. Each split is written as `train`,
 `validation` (a folder's val/) and `test`, with the metadata the other readers of the format
-use: `_info.json` for timm's wds reader, the ClassLabel feature for Hugging Face `datasets`.
+use: `_info.json` for timm's wds reader, the ClassLabel feature for Hugging Face `datasets`;
+and our own index of each split (data/index.py), so that the first run starts in seconds.
 Every file is written under a temporary name and renamed when complete (resnext.atomic), and
 `_pack.json` records the progress after each shard: a pack that stopped (killed, a full disk)
 resumes after its last complete shard when run again with the same arguments.
@@ -27,7 +28,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from resnext.atomic import write_atomic
-from resnext.data.bad_images import BAD_IMAGE_ERRORS, NoSamples
+from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImages, NoSamples
 from resnext.data.images import IMAGE_SUFFIXES
 from resnext.data.samples import ImageSet, common_classes
 from resnext.errors import one_line
@@ -170,7 +171,7 @@ def pack_dataset(
         shard_size = old.pop("size")
     if old:
         raise TypeError(f"pack_dataset() got unexpected arguments {sorted(old)}")
-    from resnext.data.datasets import load_dataset, splits_present
+    from resnext.data.datasets import READERS, load_dataset, splits_present
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
@@ -213,6 +214,8 @@ def pack_dataset(
     if fmt == "wds":
         write_info(target, name, classes, splits)
     (target / STATE).unlink()
+    for packed in splits:  # the index beside the shards: the first run reads it in seconds
+        READERS[fmt].scan(str(target), packed, BadImages())
     return splits
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from resnext.data.bad_images import BadImages
+from resnext.data.index import indexed_scan
 from resnext.data.pages import PageError, plain_value
 from resnext.data.records import OpenFiles, ShardRecords, open_fd
 from resnext.data.samples import Scan
 from resnext.extras import require
 
 VAL = "validation"  # the held-out split's name
-_OPEN_FILES = 16  # parquet files kept open per process
+_OPEN_TABLES = 16  # pyarrow readers of foreign files kept open per process
 _SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.parquet$")
 
 
@@ -56,7 +57,10 @@ class ParquetRecords(ShardRecords):
                  ) -> None:  # fmt: skip
         self.files, self.file, self.row, self.starts = files, file, row, starts
         self.chunks, self.max_def = chunks, max_def
-        self.handles = OpenFiles(_open, _OPEN_FILES)  # local["group"]: (file, row group, bytes)
+        self.handles = OpenFiles(open_fd)  # every file, as the open-file limit allows
+        # pyarrow's readers of foreign files (each holds its footer in memory), a few at a time;
+        # local["group"]: the last row group read, (file, row group, image bytes)
+        self.tables = OpenFiles(_open_table, _OPEN_TABLES)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -75,9 +79,30 @@ class ParquetRecords(ShardRecords):
         return ParquetRecords(self.files, self.file[keep], self.row[keep], self.starts,
                               self.chunks, self.max_def)  # fmt: skip
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What the index (data/index.py) keeps; `from_arrays` with the files reads it back.
+        Per-file arrays are concatenated, with each file's count (-1: no direct chunks)."""
+        chunks = [c for c in self.chunks if c is not None]
+        return {
+            "file": self.file, "row": self.row, "max_def": np.array(self.max_def, dtype=np.int64),
+            "starts": np.concatenate(self.starts) if self.starts else np.zeros(0, np.int64),
+            "starts_count": np.array([len(s) for s in self.starts], dtype=np.int64),
+            "chunks": np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int64),
+            "chunks_count": np.array([-1 if c is None else len(c) for c in self.chunks],
+                                     dtype=np.int64),
+        }  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, files: list[Path], a: dict[str, np.ndarray]) -> ParquetRecords:
+        starts = np.split(a["starts"], np.cumsum(a["starts_count"])[:-1])
+        sizes = np.maximum(a["chunks_count"], 0)
+        pieces = np.split(a["chunks"], np.cumsum(sizes)[:-1])
+        chunks = [None if n < 0 else c for n, c in zip(a["chunks_count"], pieces)]
+        return cls(files, a["file"], a["row"], starts, chunks, [int(m) for m in a["max_def"]])
+
     def _direct(self, f: int, row: int) -> bytes | None:
         offset, size = (int(v) for v in self.chunks[f][row])
-        chunk = os.pread(self.handles.get((self.files[f], "fd")), size, offset)
+        chunk = os.pread(self.handles.get(self.files[f]), size, offset)
         try:
             return plain_value(chunk, self.max_def[f])
         except PageError:  # a layout pages.py does not decode: pyarrow does
@@ -85,10 +110,10 @@ class ParquetRecords(ShardRecords):
 
     def _by_pyarrow(self, f: int, row: int) -> bytes | None:
         g = int(np.searchsorted(self.starts[f], row, side="right")) - 1
-        group = self.handles.local.get("group")
+        group = self.tables.local.get("group")
         if group is None or group[:2] != (f, g):
             try:
-                table = self.handles.get((self.files[f], "parquet")).read_row_group(
+                table = self.tables.get(self.files[f]).read_row_group(
                     g,
                     columns=["image.bytes"],
                     use_threads=False,  # a worker is one core
@@ -96,14 +121,13 @@ class ParquetRecords(ShardRecords):
             except Exception as e:  # noqa: BLE001 - pyarrow's errors are not OSErrors
                 raise OSError(f"cannot read row group {g}: {e}") from None
             group = (f, g, table.column(0).combine_chunks().field("bytes"))
-            self.handles.local["group"] = group
+            self.tables.local["group"] = group
         return group[2][row - int(self.starts[f][g])].as_py()
 
 
-def _open(key: tuple[Path, str]):
-    """An open file descriptor ("fd") or pyarrow ParquetFile ("parquet") of a file."""
-    path, kind = key
-    return open_fd(path) if kind == "fd" else pyarrow_parquet().ParquetFile(path)
+def _open_table(path: Path):
+    """A pyarrow ParquetFile of a file."""
+    return pyarrow_parquet().ParquetFile(path)
 
 
 def chunk_index(pf) -> tuple[np.ndarray | None, int]:
@@ -148,6 +172,14 @@ def splits(root: str) -> list[str]:
     """ "train", then the held-out splits present in `root` ("validation", "test")."""
     base = Path(root) / "data" if (Path(root) / "data").is_dir() else Path(root)
     return ["train", *(s for s in (VAL, "test") if any(base.glob(f"{s}-*.parquet")))]
+
+
+def load(root: str, split: str, bad: BadImages) -> Scan:
+    """The rows of the `split` parquet files in `root`, from its index (data/index.py) when it
+    matches the files, else scanned now (`scan`) and indexed."""
+    pyarrow_parquet()  # the one-line hint now, not in a worker at the first foreign row
+    files = parquet_files(root, split)
+    return indexed_scan("parquet", root, split, bad, files, scan, ParquetRecords.from_arrays)
 
 
 def scan(root: str, split: str, bad: BadImages) -> Scan:

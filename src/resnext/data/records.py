@@ -8,6 +8,7 @@ files. Either way, `open(i)` hands the one decoder (data/images.py) what it read
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections import OrderedDict
@@ -89,8 +90,8 @@ class OpenFiles:
     (two processes sharing one file offset, or a pyarrow reader, would corrupt each other).
     """
 
-    def __init__(self, opener: Callable[[Hashable], Any], limit: int) -> None:
-        self.opener, self.limit = opener, limit
+    def __init__(self, opener: Callable[[Hashable], Any], limit: int | None = None) -> None:
+        self.opener, self.limit = opener, limit or open_file_limit()
         self._handles: OrderedDict[Hashable, Any] = OrderedDict()
         self._local: dict = {}
         self._pid = os.getpid()
@@ -117,6 +118,23 @@ class OpenFiles:
                 _close(self._handles.popitem(last=False)[1])
         self._handles[key] = handle  # most recently used last
         return handle
+
+
+def open_file_limit(margin: int = 256) -> int:
+    """How many files one cache may hold open: the process's limit (raised to its hard limit
+    where that is higher) less `margin` for everything else, so that a worker keeps every shard
+    of an epoch open (ImageNet: 1,024) and an image costs one positioned read, not an open."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return max(16, (65536 if soft == resource.RLIM_INFINITY else soft) - margin)
 
 
 def _close(handle: Any) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from resnext.data.bad_images import BadImages
 from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.index import indexed_scan
 from resnext.data.records import OpenFiles, ShardRecords, open_fd
 from resnext.data.samples import Scan
 from resnext.data.tar import TarError, tar_members
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 INFO = "_info.json"
 VAL = "validation"  # the held-out split's name
 _IMAGE_EXTS = {s[1:] for s in IMAGE_SUFFIXES}
-_OPEN_FILES = 64  # files kept open per process; ImageNet has 1,024 train shards
 _SCAN_THREADS = 8
 
 
@@ -46,7 +46,7 @@ class TarRecords(ShardRecords):
         # reference counts written, so no copy-on-write of 1.28 M objects per worker).
         self.shards, self.shard, self.offset, self.nbytes = shards, shard, offset, nbytes
         self.keys = keys  # UTF-8 bytes
-        self.handles = OpenFiles(open_fd, _OPEN_FILES)
+        self.handles = OpenFiles(open_fd)  # every shard, as the open-file limit allows
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -64,6 +64,27 @@ class TarRecords(ShardRecords):
     def take(self, keep: list[int]) -> TarRecords:
         return TarRecords(self.shards, self.shard[keep], self.offset[keep], self.nbytes[keep],
                           self.keys[keep])  # fmt: skip
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What the index (data/index.py) keeps; `from_arrays` with the shards reads it back."""
+        return {
+            "shard": self.shard,
+            "offset": self.offset,
+            "nbytes": self.nbytes,
+            "keys": self.keys,
+        }
+
+    @classmethod
+    def from_arrays(cls, shards: list[Path], a: dict[str, np.ndarray]) -> TarRecords:
+        return cls(shards, a["shard"], a["offset"], a["nbytes"], a["keys"])
+
+
+def load(root: str, split: str, bad: BadImages) -> Scan:
+    """The samples of the `split` shards in `root`, from its index (data/index.py) when it
+    matches the shards and _info.json, else scanned now (`scan`) and indexed."""
+    shards, _ = split_shards(root, split, read_info(root))
+    info = [Path(root) / INFO] if (Path(root) / INFO).is_file() else []
+    return indexed_scan("wds", root, split, bad, shards, scan, TarRecords.from_arrays, info)
 
 
 def scan(root: str, split: str, bad: BadImages) -> Scan:
