@@ -354,9 +354,9 @@ def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
     with tarfile.open(path) as tar:
         ref = {m.name: (m.offset_data, m.size) for m in tar}
     got = scan_tar(path)
-    assert [key for key, _, _ in got] == keys
-    assert [image for _, image, _ in got] == [ref[f"{key}.jpg"] for key in keys]
-    assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
+    assert [s.name for s in got] == keys
+    assert [s.image for s in got] == [ref[f"{key}.jpg"] for key in keys]
+    assert [s.label for s in got] == [str(k).encode() for k in range(4)]
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])

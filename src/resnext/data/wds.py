@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,14 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
                 f"shard {path} holds {len(samples)} samples where {INFO} says {lengths[s]} "
                 "(truncated or replaced: download or pack it again)"
             )
-        for key, image, label in samples:
-            reason = "no image" if image is None else _label_problem(label)
+        for sample in samples:
+            reason = sample.problem or ("no image" if sample.image is None else None)
+            reason = reason or _label_problem(sample.label)
             if reason is not None:
-                bad.note(f"{path}:{key}", reason)
+                bad.note(f"{path}:{sample.name}", reason)
                 continue
-            index.append((s, image[0], image[1], key))
-            labels.append(int(label))
+            index.append((s, *sample.image, sample.name))
+            labels.append(int(sample.label))
     s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                          np.array(nbytes, dtype=np.int64),
@@ -170,12 +172,35 @@ def splits(root: str) -> list[str]:
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
-def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None]]:
-    """(key, (offset, size) of its image or None, its .cls bytes or None) per sample, in order.
+@dataclass
+class TarSample:
+    """One sample of a shard: a run of consecutive members with one key (webdataset's rule).
+
+    `name` is its key, or `KEY#N` for the Nth run of a key seen earlier in the shard (webdataset
+    reads that as another sample with the same key); `image` is (offset, size) of its image,
+    `label` its .cls bytes, `problem` why it cannot be paired (two members of one extension).
+    """
+
+    name: str
+    image: tuple[int, int] | None = None
+    label: bytes | None = None
+    problem: str | None = None
+    exts: set[str] = field(default_factory=set)
+
+
+_MAX_CLS = 32  # bytes of a .cls member read: an integer label is far shorter
+
+
+def scan_tar(path: Path) -> list[TarSample]:
+    """The samples of a shard in order, grouped as webdataset groups them: a sample is a run of
+    consecutive members with one key; a key met again after another is another sample; two
+    members of one key and extension in one run make that sample bad (never a mix).
 
     Raises ValueError naming the shard when it is not a tar or is truncated.
     """
-    samples: dict[str, list] = {}
+    samples: list[TarSample] = []
+    runs: dict[str, int] = {}  # key -> runs of members with that key so far
+    current = None  # the key of the run being read
     try:
         with open(path, "rb") as f:
             for name, offset, size in tar_members(f, path.stat().st_size):
@@ -183,22 +208,40 @@ def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None
                 if found is None:
                     continue
                 key, ext = found.group(1), found.group(2).lower()
-                sample = samples.setdefault(key, [key, None, None])
-                if ext in _IMAGE_EXTS and sample[1] is None:
-                    sample[1] = (offset, size)
+                if key != current:
+                    current, runs[key] = key, runs.get(key, 0) + 1
+                    samples.append(TarSample(key if runs[key] == 1 else f"{key}#{runs[key]}"))
+                sample = samples[-1]
+                if ext in sample.exts:
+                    sample.problem = sample.problem or f"two {key}.{ext} members in one sample"
+                    continue
+                sample.exts.add(ext)
+                if ext in _IMAGE_EXTS and sample.image is None:
+                    sample.image = (offset, size)
                 elif ext == "cls":
                     f.seek(offset)
-                    sample[2] = f.read(size)
+                    sample.label = f.read(min(size, _MAX_CLS + 1))
     except TarError as e:
         raise ValueError(f"shard {path} {e} (download or pack it again)") from None
     except OSError as e:
         raise ValueError(f"cannot read shard {path}: {e}") from None
-    return [tuple(s) for s in samples.values()]
+    _note_repeats(path, runs)
+    return samples
+
+
+def _note_repeats(path: Path, runs: dict[str, int]) -> None:
+    repeated = [k for k, n in runs.items() if n > 1]
+    if repeated:
+        log.warning("%s: %d keys (%s first) come back after other members: each run of members "
+                    "is a sample of its own (webdataset's rule), named KEY#2, ...", path,
+                    len(repeated), repeated[0])  # fmt: skip
 
 
 def _label_problem(label: bytes | None) -> str | None:
     if label is None:
         return "no .cls label"
+    if len(label) > _MAX_CLS:
+        return f"a .cls of more than {_MAX_CLS} bytes is not an integer label"
     try:
         value = int(label.decode().strip())
     except (UnicodeDecodeError, ValueError):
