@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from resnext.cli import main
 from resnext.data.datasets import load_dataset
 
 pq = pytest.importorskip("pyarrow.parquet")
@@ -122,3 +123,96 @@ def test_tar_samples_are_grouped_as_webdataset_groups_them(tmp_path, layout, cap
         assert key in named and f"two {key}." in caplog.text
     if layout == "a later run without its label":
         assert named == {"d/x#2"} and "no .cls label" in caplog.text
+
+
+def write_set(root: Path, fmt: str, splits: dict[str, list[int]], classes=None) -> Path:
+    """A data set of small distinct JPEGs with these labels per split ("train", "validation"),
+    in `fmt`: a folder (class folders: `classes` or the labels' numbers), wds shards, or
+    parquet files; shards and parquet record `classes` when given."""
+    k = 0
+    for split, labels in splits.items():
+        images = [jpeg(k + i) for i in range(len(labels))]
+        k += len(labels)
+        if fmt == "folder":
+            for i, (image, y) in enumerate(zip(images, labels)):
+                folder = root / ("val" if split == "validation" else split)
+                (folder / (classes[y] if classes else str(y))).mkdir(parents=True, exist_ok=True)
+                (folder / (classes[y] if classes else str(y)) / f"{i}.jpg").write_bytes(image)
+        elif fmt == "wds":
+            root.mkdir(parents=True, exist_ok=True)
+            members = [(f"{i:04d}.{e}", v) for i, (image, y) in enumerate(zip(images, labels))
+                       for e, v in (("jpg", image), ("cls", str(y).encode()))]  # fmt: skip
+            write_tar(root / f"x-{split}-0000.tar", members)
+        else:
+            write_parquet(root / "data" / f"{split}-00000-of-00001.parquet", images, labels,
+                          classes)  # fmt: skip
+    if fmt == "wds" and classes:
+        write_info(root, {s: [f"x-{s}-0000.tar"] for s in splits}, classes=list(classes))
+    return root
+
+
+TRAIN = ["--recipe", "tiny", "--epochs", "1", "--batch-size", "4", "--set", "mean=0.5,0.5,0.5",
+         "--set", "std=0.2,0.2,0.2", "--set", "model=resnext11_2x8d"]  # fmt: skip
+
+
+def train(fmt: str, data: Path, out: Path, *extra: str) -> int:
+    return main(["train", *TRAIN, "--dataset", fmt, "--data", str(data), "--out", str(out), *extra])
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+# 2. The class count comes from names or from num_classes; a gap in numbered labels is refused.
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_numbered_labels_with_gaps_need_the_class_count(tmp_path, fmt, capsys, caplog):
+    from resnext.files.model_file import read_model_file
+
+    labels = [0, 4, 6, 4, 0, 6, 4, 0, 40_000]
+    data = write_set(tmp_path / fmt, fmt, {"train": labels, "validation": [0, 4, 6, 9]})
+    assert train(fmt, data, tmp_path / "run") == 2
+    err = one_line(capsys)
+    for said in ("40000", "4 distinct", "num_classes=N", "--num-classes N",
+                 "_info.json" if fmt == "wds" else "ClassLabel"):  # fmt: skip
+        assert said in err, err
+    assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "last.pt").exists()
+    out = str(tmp_path / "packed")
+    assert main(["pack", "--dataset", fmt, "--data", str(data), "--format", "wds",
+                 "--out", out]) == 2  # fmt: skip
+    assert "4 distinct" in one_line(capsys)
+    # Given the count: a model of that many classes; labels at or past it are named bad samples.
+    caplog.clear()
+    assert train(fmt, data, tmp_path / "run", "--set", "num_classes=7") == 0
+    run = read_model_file(tmp_path / "run" / "last.pt")
+    assert run["class_names"] == [str(i) for i in range(7)]
+    skipped = [m for m in caplog.messages if m.startswith("skipping bad image")]
+    assert len(skipped) == 2 and all("has no class (7 names)" in m for m in skipped), skipped
+    assert main(["pack", "--dataset", fmt, "--data", str(data), "--format", "parquet",
+                 "--out", out, "--num-classes", "7"]) == 0  # fmt: skip
+    packed = load_dataset("parquet", out, "train")
+    assert packed.classes == [str(i) for i in range(7)] and len(packed) == len(labels) - 1
+    # evaluate knows the model's classes: the held-out label 9 is a named bad sample.
+    caplog.clear()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset", fmt,
+                 "--data", str(data), "--workers", "0", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert "label 9 has no class (7 names)" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_labels_without_gaps_and_names_keep_their_count(tmp_path, fmt, capsys):
+    """0..max with every label used: max + 1 classes, as before; recorded names set the count,
+    and a num_classes that contradicts them is one line."""
+    data = write_set(tmp_path / "n", fmt, {"train": [2, 1, 0, 1, 2, 0, 0, 2], "validation": [1]})
+    assert load_dataset(fmt, str(data), "train").classes == ["0", "1", "2"]
+    names = ["ant", "bee", "cow", "doe"]
+    data = write_set(tmp_path / "named", fmt, {"train": [3, 0, 3, 0, 3, 0, 0, 3],
+                                               "validation": [0, 3]}, names)  # fmt: skip
+    assert load_dataset(fmt, str(data), "train").classes == names
+    assert train(fmt, data, tmp_path / "run", "--set", "num_classes=9") == 2
+    assert "num_classes=9" in one_line(capsys)

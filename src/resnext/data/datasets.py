@@ -63,6 +63,7 @@ def load_dataset(
     min_size: int = 1,
     memory_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    num_classes: int = 0,
     **deprecated,
 ) -> ImageSet:
     """Load `split` of a dataset by its `--dataset` name.
@@ -72,7 +73,9 @@ def load_dataset(
     Images whose shorter side is below `min_size` are bad images (skipped or fatal as
     `bad_images` says), as are those of more than `max_pixels` pixels. Images decoded into
     memory are brought to `memory_size` x `memory_size` (shorter side resized, centre crop) when
-    it is given (memory.py). (`size=` is the old name of `memory_size`.)
+    it is given (memory.py). Data that records no class names has `num_classes` classes
+    (0: as many as its labels run to, `class_names`). (`size=` is the old name of
+    `memory_size`.)
     """
     if "size" in deprecated:
         warnings.warn("load_dataset(size=) is now memory_size=", DeprecationWarning, stacklevel=2)
@@ -90,14 +93,14 @@ def load_dataset(
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}")
     bad = BadImages(bad_images, min_size, max_pixels)
-    return load_files(READERS[name].scan(root, split, bad), split, bad, in_memory, memory_size)
+    scan = READERS[name].scan(root, split, bad)
+    return load_files(scan, split, bad, in_memory, memory_size, num_classes)
 
 
-def load_files(
-    scan: Scan, split: str, bad: BadImages, in_memory: str, memory_size: int | None
-) -> ImageSet:
+def load_files(scan: Scan, split: str, bad: BadImages, in_memory: str, memory_size: int | None,
+               num_classes: int = 0) -> ImageSet:  # fmt: skip
     """The rules every file format shares, applied to what its reader found."""
-    classes = scan.classes or numbered_classes(scan.labels, scan.source)
+    classes = class_names(scan, num_classes)
     keep = with_class(scan, len(classes), bad)
     if not keep:
         raise NoSamples(scan.empty)
@@ -119,10 +122,25 @@ def load_files(
     return data
 
 
-def numbered_classes(labels: list[int], source: str) -> list[str]:
-    """Classes named by their numbers, 0 to the largest label, where no names are recorded."""
-    count = max(labels, default=-1) + 1
-    log.info("%s: classes named by their numbers 0..%d", source, count - 1)
+def class_names(scan: Scan, num_classes: int = 0) -> list[str]:
+    """The names the files record; else `num_classes` classes named by their numbers; else,
+    where no count is given, 0 to the largest label, when the labels leave no gap: a gap means
+    a stray label (99999 among 0 and 1 would make a 100,000-class model), or classes unknown."""
+    if scan.classes:
+        return scan.classes
+    if num_classes:
+        return [str(i) for i in range(num_classes)]
+    used = set(scan.labels)
+    count = max(used, default=-1) + 1
+    if len(used) < count:
+        raise ValueError(
+            f"{scan.source} record no class names and their labels leave gaps: the largest is "
+            f"{count - 1}, {len(used)} distinct labels are used; give the class count "
+            f"(train: --set num_classes=N, pack: --num-classes N) or record the names "
+            f"({scan.names_where})"
+        )
+    log.info("%s record no class names: classes named by their numbers 0..%d", scan.source,
+             count - 1)  # fmt: skip
     return [str(i) for i in range(count)]
 
 

@@ -185,8 +185,9 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     records = ParquetRecords(files, np.array(which, dtype=np.int32), np.array(rows, dtype=np.int64),
                              starts, chunks, max_def)  # fmt: skip
     classes = [str(n) for n in names] if names else None
-    return Scan(records, labels, classes, f"{root} (no ClassLabel names in its metadata)",
-                f"no readable rows in the {split} parquet files of {root}")  # fmt: skip
+    return Scan(records, labels, classes, f"the {split} parquet files of {root}",
+                f"no readable rows in the {split} parquet files of {root}",
+                "a ClassLabel feature for the label column, as `datasets` writes it")  # fmt: skip
 
 
 def _note_unlabelled(bad: BadImages, path: Path, rows: list[int], column: list) -> None:

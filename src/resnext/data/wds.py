@@ -99,8 +99,9 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                          np.array(nbytes, dtype=np.int64),
                          np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
-    return Scan(records, labels, _names(info.get("classes")), f"{root} ({INFO} names none)",
-                f"no readable samples in the {split} shards of {root}")  # fmt: skip
+    return Scan(records, labels, _names(info.get("classes")), f"the {split} shards of {root}",
+                f"no readable samples in the {split} shards of {root}",
+                f'"classes": [...] in {Path(root) / INFO}')  # fmt: skip
 
 
 def _names(classes: list | None) -> list[str] | None:

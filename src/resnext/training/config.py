@@ -56,6 +56,9 @@ class TrainConfig:
     in_memory: InMemory = "auto"
     bad_images: BadImages = "skip"  # bad image files: skip each with a warning, or stop
     max_pixels: int = MAX_PIXELS  # more (read from the header) makes a bad image: a pixel bomb
+    # Classes of data that records no names (numbered .cls / label values): 0 = 0 to the largest
+    # label, refused where the labels leave gaps (datasets.class_names).
+    num_classes: int = 0
     # Optimisation.
     epochs: int = 15
     batch_size: int = 64
@@ -126,7 +129,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("train_limit", "val_limit", "workers", "checkpoint_steps", "warmup_epochs"):
+        for name in ("train_limit", "val_limit", "workers", "checkpoint_steps", "warmup_epochs",
+                     "num_classes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.eval_resize < self.eval_crop:

@@ -229,7 +229,7 @@ def _finished(ckpt: dict) -> dict[str, Any]:
 
 def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets; in-memory images move to the device once."""
-    sets = []
+    sets: list[ImageSet] = []
     # One size rule for crop_flip and none: images are brought to the training size as
     # evaluation brings them (shorter side resized, centre crop), in memory or per file; the
     # held-out set likewise when its view is square (eval_resize == eval_crop).
@@ -238,10 +238,15 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     sizes["auto"] = cfg.eval_crop if cfg.eval_resize == cfg.eval_crop else None
     for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
         smallest = smallest_image(cfg.feed()) if split == "train" else 1
+        # The held-out split has the training split's classes, whatever labels it holds.
+        count = len(sets[0].classes) if sets else cfg.num_classes
         data = load_dataset(
             cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest,
-            sizes[split], cfg.max_pixels,
+            sizes[split], cfg.max_pixels, count,
         )  # fmt: skip
+        if split == "train" and cfg.num_classes not in (0, len(data.classes)):
+            raise ValueError(f"num_classes={cfg.num_classes}, but {cfg.data or cfg.dataset} "
+                             f"names {len(data.classes)} classes")  # fmt: skip
         sets.append(data.subset(limit).to(ctx.device))
     train_set, val_set = sets
     classes = common_classes(train_set.classes, val_set.classes)
