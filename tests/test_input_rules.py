@@ -68,9 +68,9 @@ def write_parquet(path: Path, images: list[bytes | None], labels: list, classes=
     return path
 
 
-def records(data) -> list[tuple[bytes, int]]:
-    """(encoded image, label) of every sample of a set read by record."""
-    return [(data.open(i)[0].read(), int(data.labels[i])) for i in range(len(data))]
+def records(data, n: int | None = None) -> list[tuple[bytes, int]]:
+    """(encoded image, label) of the first `n` samples (all) of a set read by record."""
+    return [(data.open(i)[0].read(), int(data.labels[i])) for i in range(n or len(data))]
 
 
 # 1. A sample is a run of consecutive members with one key (webdataset's rule).
@@ -125,13 +125,16 @@ def test_tar_samples_are_grouped_as_webdataset_groups_them(tmp_path, layout, cap
         assert named == {"d/x#2"} and "no .cls label" in caplog.text
 
 
-def write_set(root: Path, fmt: str, splits: dict[str, list[int]], classes=None) -> Path:
-    """A data set of small distinct JPEGs with these labels per split ("train", "validation"),
-    in `fmt`: a folder (class folders: `classes` or the labels' numbers), wds shards, or
-    parquet files; shards and parquet record `classes` when given."""
+def write_set(root: Path, fmt: str, splits: dict[str, list[int]], classes=None,
+              bad: dict[str, set[int]] | None = None, size: int = 40) -> Path:  # fmt: skip
+    """A data set of distinct `size` px JPEGs with these labels per split ("train",
+    "validation"), in `fmt`: a folder (class folders: `classes` or the labels' numbers), wds
+    shards, or parquet files; shards and parquet record `classes` when given. The images at
+    the indices `bad[split]` are text, not images."""
     k = 0
     for split, labels in splits.items():
-        images = [jpeg(k + i) for i in range(len(labels))]
+        broken = (bad or {}).get(split, set())
+        images = [b"not an image" if i in broken else jpeg(k + i, size) for i in range(len(labels))]
         k += len(labels)
         if fmt == "folder":
             for i, (image, y) in enumerate(zip(images, labels)):
@@ -186,7 +189,8 @@ def test_numbered_labels_with_gaps_need_the_class_count(tmp_path, fmt, capsys, c
     assert "4 distinct" in one_line(capsys)
     # Given the count: a model of that many classes; labels at or past it are named bad samples.
     caplog.clear()
-    assert train(fmt, data, tmp_path / "run", "--set", "num_classes=7") == 0
+    given = ("--set", "num_classes=7", "--set", "max_bad_fraction=0.2")  # 1 of 9 is bad
+    assert train(fmt, data, tmp_path / "run", *given) == 0
     run = read_model_file(tmp_path / "run" / "last.pt")
     assert run["class_names"] == [str(i) for i in range(7)]
     skipped = [m for m in caplog.messages if m.startswith("skipping bad image")]
@@ -216,3 +220,57 @@ def test_labels_without_gaps_and_names_keep_their_count(tmp_path, fmt, capsys):
     assert load_dataset(fmt, str(data), "train").classes == names
     assert train(fmt, data, tmp_path / "run", "--set", "num_classes=9") == 2
     assert "num_classes=9" in one_line(capsys)
+
+
+# 3. A split without a readable image stops before training; so does an epoch of bad images.
+
+
+@pytest.mark.parametrize("fmt", ["folder", "wds", "parquet"])
+def test_a_split_of_unreadable_images_stops_before_training(tmp_path, fmt, capsys):
+    labels = [0, 1, 2, 0, 1, 2, 0, 1]
+    every = {"train": set(range(8)), "validation": {0, 1}}
+    data = write_set(tmp_path / fmt, fmt, {"train": labels, "validation": [0, 1, 2]}, bad=every)
+    for memory in ("auto", "no"):
+        assert train(fmt, data, tmp_path / "run", "--set", f"in_memory={memory}") == 2
+        err = one_line(capsys)
+        assert "all 8 samples are bad" in err and "..." in err, err
+        assert not (tmp_path / "run" / "last.pt").exists()
+    out = tmp_path / "packed"
+    assert main(["pack", "--dataset", fmt, "--data", str(data), "--format", "wds",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "all 8 samples are bad" in one_line(capsys)
+    # The held-out split alone: evaluate stops too.
+    good = write_set(tmp_path / "good", fmt, {"train": labels, "validation": [0, 1, 2]})
+    assert train(fmt, good, tmp_path / "run") == 0
+    every["validation"] = {0, 1, 2}
+    data = write_set(tmp_path / "badval", fmt, {"train": labels, "validation": [0, 1, 2]},
+                     bad=every)  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset", fmt,
+                 "--data", str(data), "--workers", "0"]) == 2  # fmt: skip
+    assert "all 3 samples are bad" in one_line(capsys)
+
+
+@pytest.mark.parametrize("fmt", ["folder", "wds", "parquet"])
+def test_an_epoch_of_too_many_bad_images_stops_with_the_last_checkpoint_kept(tmp_path, fmt,
+                                                                              capsys):  # fmt: skip
+    from resnext.files.model_file import read_model_file
+
+    labels = [0, 1, 2] * 8  # 24 images, 3 of them bad (12.5%), the first one readable
+    bad = {"train": {5, 13, 22}}
+    data = write_set(tmp_path / fmt, fmt, {"train": labels, "validation": [0, 1, 2]}, bad=bad)
+    run = tmp_path / "run"
+    files = ("--set", "in_memory=no", "--batch-size", "8")
+    assert train(fmt, data, run, *files, "--set", "max_bad_fraction=0.125") == 0
+    assert read_model_file(run / "last.pt")["epoch"] == 1
+    before = (run / "last.pt").read_bytes()
+    resume = ("--epochs", "2", "--resume", str(run), "--set", "max_bad_fraction=0.05")
+    assert train(fmt, data, run, *files, *resume) == 2
+    err = one_line(capsys)
+    assert "epoch 2: 3 of 24 training images were bad" in err, err
+    assert "max_bad_fraction=0.05" in err and "last.pt" in err, err
+    assert (run / "last.pt").read_bytes() == before  # the last checkpoint is kept as it was
+    # Held in memory, bad images are met while loading: the same limit, before training.
+    assert train(fmt, data, tmp_path / "memory", "--set", "in_memory=yes") == 2
+    assert "the training split of" in one_line(capsys)
+    assert not (tmp_path / "memory" / "last.pt").exists()

@@ -24,7 +24,7 @@ import torch
 from resnext.data import folders, parquet, wds
 from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImageError, BadImages, NoSamples
 from resnext.data.images import MAX_PIXELS
-from resnext.data.memory import decode_once, hold_small
+from resnext.data.memory import decode_once, first_usable, hold_small
 from resnext.data.samples import ImageSet, Scan
 
 __all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
@@ -103,18 +103,25 @@ def load_files(scan: Scan, split: str, bad: BadImages, in_memory: str, memory_si
     classes = class_names(scan, num_classes)
     keep = with_class(scan, len(classes), bad)
     if not keep:
-        raise NoSamples(scan.empty)
+        raise NoSamples(no_samples(scan, bad))
     records = scan.records if len(keep) == len(scan.labels) else scan.records.take(keep)
     labels = torch.tensor(scan.labels, dtype=torch.int64)
     if len(keep) != len(scan.labels):
         labels = labels[keep]
     data = ImageSet(classes, labels, records=records, split=split, bad=bad)
-    data = hold_small(data, in_memory, memory_size)
+    # Images are read up to the first usable one: a split with none stops here, not after a
+    # "training" on nothing.
+    first = first_usable(data)
+    if first is None:
+        raise NoSamples(no_samples(scan, bad))
+    data = hold_small(data, in_memory, memory_size, first)
+    if not len(data):
+        raise NoSamples(no_samples(scan, bad))
     if scan.whole_classes is not None:
         counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if len(empty) == len(classes):
-            raise NoSamples(scan.empty)
+            raise NoSamples(no_samples(scan, bad))
         if empty:
             raise ValueError(
                 f"class folder {scan.whole_classes / empty[0]} holds no readable images"
@@ -142,6 +149,13 @@ def class_names(scan: Scan, num_classes: int = 0) -> list[str]:
     log.info("%s record no class names: classes named by their numbers 0..%d", scan.source,
              count - 1)  # fmt: skip
     return [str(i) for i in range(count)]
+
+
+def no_samples(scan: Scan, bad: BadImages) -> str:
+    """The message of a split without a readable, labelled image: how many were bad, which."""
+    if not bad.met:
+        return scan.empty
+    return f"{scan.empty}: all {bad.met} samples are bad ({bad.named()})"
 
 
 def with_class(scan: Scan, n: int, bad: BadImages) -> list[int]:

@@ -55,6 +55,10 @@ class TrainConfig:
     download: bool = False
     in_memory: InMemory = "auto"
     bad_images: BadImages = "skip"  # bad image files: skip each with a warning, or stop
+    # Training stops (one line, exit 2) where more than this fraction of an epoch's images
+    # (or of the training split, at load) are bad: a few broken downloads pass, a wrong format
+    # or a broken disk does not train on the little that is left.
+    max_bad_fraction: float = 0.05
     max_pixels: int = MAX_PIXELS  # more (read from the header) makes a bad image: a pixel bomb
     # Classes of data that records no names (numbered .cls / label values): 0 = 0 to the largest
     # label, refused where the labels leave gaps (datasets.class_names).
@@ -139,6 +143,8 @@ class TrainConfig:
             raise ValueError("mean and std need one value per channel each")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of accum_steps")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("freeze_stages", "backbone_lr_scale"):  # fine-tuning

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnext.data.bad_images import BadImages
 from resnext.data.batches import eval_batches, smallest_image, train_batches
 from resnext.data.datasets import ImageSet, load_dataset
 from resnext.data.samples import common_classes
@@ -169,6 +170,7 @@ def _train(
         batches = train_batches(
             train_set, cfg.feed(), epoch, start_batch, ctx.rank, ctx.world, ctx.device
         )
+        train_set.bad.recount()
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
             with contextlib.closing(batches):  # an error mid-epoch stops the loader's workers
@@ -179,6 +181,9 @@ def _train(
             raise NonFiniteLoss(
                 f"{e} (epoch {epoch + 1}); last good checkpoint: {saver.last}"
             ) from None
+        read = (steps_per_epoch - start_batch) * cfg.batch_size
+        met = int(all_sum([train_set.bad.met], ctx.device)[0])
+        check_bad_images(train_set.bad, met, read, cfg, f"epoch {epoch + 1}", saver.last)
         start_batch, sums = 0, None
         metrics |= _validate(t, val_set, cfg, ctx)
         metrics |= {
@@ -247,6 +252,15 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
         if split == "train" and cfg.num_classes not in (0, len(data.classes)):
             raise ValueError(f"num_classes={cfg.num_classes}, but {cfg.data or cfg.dataset} "
                              f"names {len(data.classes)} classes")  # fmt: skip
+        if split == "train":  # bad images met while loading (skipped, or left out of memory)
+            met = data.bad.met
+            check_bad_images(
+                data.bad,
+                met,
+                len(data) + met,
+                cfg,
+                f"the training split of {cfg.data or cfg.dataset}",
+            )
         sets.append(data.subset(limit).to(ctx.device))
     train_set, val_set = sets
     classes = common_classes(train_set.classes, val_set.classes)
@@ -267,6 +281,24 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     if cfg.batch_size % (ctx.world * cfg.accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
     return train_set, val_set
+
+
+class TooManyBadImages(ValueError):
+    """More of the training images are bad than max_bad_fraction allows."""
+
+
+def check_bad_images(bad: BadImages, met: int, read: int, cfg: TrainConfig, when: str,
+                     last: str | None = None) -> None:  # fmt: skip
+    """Stop where more than `max_bad_fraction` of the `read` training images were bad: `met`
+    of them (over every process), the first few named by `bad`."""
+    if met <= cfg.max_bad_fraction * read:
+        return
+    kept = f"; last checkpoint: {last}" if last else ""
+    raise TooManyBadImages(
+        f"{when}: {met} of {read} training images were bad ({bad.named() or 'on other ranks'}), "
+        f"more than max_bad_fraction={cfg.max_bad_fraction:g} allows (--set "
+        f"max_bad_fraction=F raises it){kept}"
+    )
 
 
 def _untouched(cfg: TrainConfig, split: str) -> str:
