@@ -274,3 +274,54 @@ def test_an_epoch_of_too_many_bad_images_stops_with_the_last_checkpoint_kept(tmp
     assert train(fmt, data, tmp_path / "memory", "--set", "in_memory=yes") == 2
     assert "the training split of" in one_line(capsys)
     assert not (tmp_path / "memory" / "last.pt").exists()
+
+
+# 4. Parquet rows that hold a path and no bytes (as `datasets` writes them) read the path.
+
+
+@pytest.mark.parametrize("where", ["absolute", "beside the parquet file", "working directory"])
+def test_parquet_rows_with_a_path_and_no_bytes_read_the_file(tmp_path, where, monkeypatch,
+                                                              caplog):  # fmt: skip
+    datasets = pytest.importorskip("datasets")
+    from resnext.files.model_file import read_model_file
+
+    root = tmp_path / "hub"
+    images = {"beside the parquet file": root / "data", "working directory": tmp_path}.get(
+        where, tmp_path / "elsewhere"
+    )
+    monkeypatch.chdir(tmp_path)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["x", "y", "z"])})  # fmt: skip
+    labels = {"train": [2, 0, 1, 1, 2, 0, 0, 1, 2, 1, 0, 2], "validation": [1, 0, 2]}
+    for split, ys in labels.items():
+        paths = []
+        for i, y in enumerate(ys):
+            path = images / "pics" / split / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(jpeg(10 * y + i))
+            paths.append(str(path if where == "absolute" else path.relative_to(images)))
+        gone = images / "pics" / "gone.jpg"  # removed once written: a path that does not open
+        gone.write_bytes(jpeg(0))
+        paths.append(str(gone if where == "absolute" else gone.relative_to(images)))
+        monkeypatch.chdir(images)  # where `datasets` finds the relative paths
+        table = datasets.Dataset.from_dict({"image": paths, "label": [*ys, 0]}, features=features)
+        table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+        gone.unlink()
+    monkeypatch.chdir(tmp_path)
+    stored = pq.read_table(root / "data" / "train-00000-of-00001.parquet").column("image")
+    assert all(row["bytes"] is None for row in stored.to_pylist())
+    data = load_dataset("parquet", str(root), "train", in_memory="no")
+    reference = datasets.Dataset.from_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    got = records(data, 12)
+    assert [y for _, y in got] == reference["label"][:12] == labels["train"]
+    assert [b for b, _ in got] == [
+        (images / "pics" / "train" / f"{i}.jpg").read_bytes() for i in range(12)
+    ]
+    with pytest.raises(OSError, match="gone.jpg does not open"):
+        data.records.read(12)
+    caplog.clear()
+    out = tmp_path / "run"
+    assert train("parquet", root, out, "--batch-size", "13", "--set", "in_memory=no",
+                 "--set", "max_bad_fraction=0.1") == 0  # fmt: skip
+    assert read_model_file(out / "last.pt")["metrics"]["bad_images"] == 2  # train's and val's
+    assert "train-00000-of-00001.parquet:12: no image bytes in this row" in caplog.text

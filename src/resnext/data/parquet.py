@@ -3,6 +3,10 @@
     DIR/data/train-00000-of-00004.parquet ...   columns image {bytes, path} and label (int64)
     DIR/data/validation-00000-of-00001.parquet  the held-out split
 
+A row's image is its `bytes`; a row with a path and no bytes (what `datasets` writes from image
+files) is the file at that path, as `datasets` reads it: a relative path is looked up beside the
+parquet file, then in the working directory. A path that does not open is a bad sample.
+
 Class names come from the ClassLabel feature that the `datasets` library records in each
 file's schema metadata, under the "huggingface" key:
 `{"info": {"features": {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names":
@@ -56,7 +60,8 @@ class ParquetRecords(ShardRecords):
                  ) -> None:  # fmt: skip
         self.files, self.file, self.row, self.starts = files, file, row, starts
         self.chunks, self.max_def = chunks, max_def
-        self.handles = OpenFiles(_open, _OPEN_FILES)  # local["group"]: (file, row group, bytes)
+        # local[COLUMN]: (file, row group, the column's values) of the last row group read
+        self.handles = OpenFiles(_open, _OPEN_FILES)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -67,9 +72,23 @@ class ParquetRecords(ShardRecords):
     def read(self, i: int) -> bytes:
         f, row = int(self.file[i]), int(self.row[i])
         value = self._direct(f, row) if self.chunks[f] is not None else self._by_pyarrow(f, row)
-        if value is None:
-            raise OSError("no image bytes in this row")
-        return value
+        return value if value is not None else self._from_path(f, row)
+
+    def _from_path(self, f: int, row: int) -> bytes:
+        """A row that holds a path and no bytes (`datasets` writes such rows from image files,
+        and reads them so): the file at the path, a relative one found beside the parquet
+        file, else in the working directory."""
+        path = self._column(f, row, "image.path")
+        if path is None:
+            raise OSError("no image bytes in this row, and no path")
+        found = Path(path)
+        if not found.is_absolute() and (self.files[f].parent / found).exists():
+            found = self.files[f].parent / found
+        try:
+            return found.read_bytes()
+        except OSError as e:
+            raise OSError(f"no image bytes in this row, and its path {path} does not open "
+                          f"({e.strerror or type(e).__name__})") from None  # fmt: skip
 
     def take(self, keep: list[int]) -> ParquetRecords:
         return ParquetRecords(self.files, self.file[keep], self.row[keep], self.starts,
@@ -84,19 +103,25 @@ class ParquetRecords(ShardRecords):
             return self._by_pyarrow(f, row)
 
     def _by_pyarrow(self, f: int, row: int) -> bytes | None:
+        return self._column(f, row, "image.bytes")
+
+    def _column(self, f: int, row: int, column: str) -> bytes | str | None:
+        """`column` ("image.bytes", "image.path") of a row, read by pyarrow a row group at a
+        time; each process keeps the last row group read of each column."""
         g = int(np.searchsorted(self.starts[f], row, side="right")) - 1
-        group = self.handles.local.get("group")
+        group = self.handles.local.get(column)
         if group is None or group[:2] != (f, g):
             try:
                 table = self.handles.get((self.files[f], "parquet")).read_row_group(
                     g,
-                    columns=["image.bytes"],
+                    columns=[column],
                     use_threads=False,  # a worker is one core
                 )
             except Exception as e:  # noqa: BLE001 - pyarrow's errors are not OSErrors
                 raise OSError(f"cannot read row group {g}: {e}") from None
-            group = (f, g, table.column(0).combine_chunks().field("bytes"))
-            self.handles.local["group"] = group
+            leaf = column.split(".")[1]
+            group = (f, g, table.column(0).combine_chunks().field(leaf))
+            self.handles.local[column] = group
         return group[2][row - int(self.starts[f][g])].as_py()
 
 
