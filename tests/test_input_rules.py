@@ -325,3 +325,20 @@ def test_parquet_rows_with_a_path_and_no_bytes_read_the_file(tmp_path, where, mo
                  "--set", "max_bad_fraction=0.1") == 0  # fmt: skip
     assert read_model_file(out / "last.pt")["metrics"]["bad_images"] == 2  # train's and val's
     assert "train-00000-of-00001.parquet:12: no image bytes in this row" in caplog.text
+
+
+# 5. Fewer training images than one batch: one line, whatever the schedule.
+
+
+@pytest.mark.parametrize("fmt", ["folder", "wds", "parquet"])
+def test_fewer_training_images_than_one_batch_is_one_line(tmp_path, fmt, capsys):
+    labels = [1, 0, 2, 1, 0, 2, 1, 0, 2, 1]
+    data = write_set(tmp_path / fmt, fmt, {"train": labels, "validation": [0, 1, 2]},
+                     bad={"train": {2, 4, 9}})  # fmt: skip
+    for schedule in ("step", "cosine"):
+        args = ("--batch-size", "8", "--set", f"schedule={schedule}", "--set", "warmup_epochs=0.5",
+                "--set", "max_bad_fraction=1")  # fmt: skip
+        assert train(fmt, data, tmp_path / "run", *args) == 2
+        err = one_line(capsys)
+        assert "7 usable images (3 bad ones skipped)" in err and "one batch (8)" in err, err
+        assert not (tmp_path / "run" / "last.pt").exists()

@@ -267,6 +267,13 @@ def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
     if classes is None:
         raise ValueError("the training and validation sets have different classes")
     val_set = val_set.replace(classes=classes)
+    if len(train_set) < cfg.batch_size:  # an epoch of no step: nothing would be trained
+        skipped = f" ({len(train_set.bad.files)} bad ones skipped)" if train_set.bad.files else ""
+        limit = f" (train_limit={cfg.train_limit})" if cfg.train_limit else ""
+        raise ValueError(
+            f"the training split of {cfg.data or cfg.dataset} holds {len(train_set)} usable "
+            f"images{skipped}{limit}, fewer than one batch ({cfg.batch_size}): lower --batch-size"
+        )
     if len(cfg.mean) != train_set.channels:
         raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
     memory = train_set.images is not None and cfg.augment != "inception"
