@@ -342,3 +342,73 @@ def test_fewer_training_images_than_one_batch_is_one_line(tmp_path, fmt, capsys)
         err = one_line(capsys)
         assert "7 usable images (3 bad ones skipped)" in err and "one batch (8)" in err, err
         assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# 6. A label is an integer; anything else is one line naming the file, or a named bad sample.
+
+
+def test_a_parquet_label_column_of_other_values_is_one_line(tmp_path, capsys):
+    """Strings, fractions, NaN, booleans: refused by train, evaluate and pack alike."""
+    good = write_set(tmp_path / "good", "parquet", {"train": [0, 1, 2] * 3, "validation": [2]})
+    assert train("parquet", good, tmp_path / "run") == 0
+    columns = {"string": (["0", "1", "2"], pa.string()), "float": ([0.6, 1.0, 2.0], pa.float64()),
+               "nan": ([0.0, float("nan"), 1.0], pa.float32()), "bool": ([True, False, True], None)}  # fmt: skip
+    for kind, (labels, column) in columns.items():
+        root = tmp_path / kind
+        for split in ("train", "validation"):
+            write_parquet(root / "data" / f"{split}-00000-of-00001.parquet",
+                          [jpeg(i) for i in range(3)] * 3, labels * 3, ["a", "b", "c"],
+                          label_type=column)  # fmt: skip
+        shown = {"string": "string", "float": "double", "nan": "float", "bool": "bool"}[kind]
+        capsys.readouterr()
+        commands = (
+            ["train", *TRAIN, "--dataset", "parquet", "--data", str(root), "--out",
+             str(tmp_path / f"run-{kind}")],
+            ["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset",
+             "parquet", "--data", str(root)],
+            ["pack", "--dataset", "parquet", "--data", str(root), "--format", "wds", "--out",
+             str(tmp_path / f"pack-{kind}")],
+        )  # fmt: skip
+        for argv in commands:
+            assert main(argv) == 2, argv
+            err = one_line(capsys)
+            assert f"{root / 'data'}/" in err and f"label column holds {shown} values" in err, err
+
+
+_INFO_MISTAKES = {
+    "a split given as a list": ({"splits": {"train": ["x-train-0000.tar"]}}, "splits.train is a list"),
+    "a shard length in words": ({"splits": {"train": {"filenames": ["x-train-0000.tar"],
+                                                      "shard_lengths": ["nine"]}}},
+                                "splits.train.shard_lengths is a list"),
+    "filenames as one string": ({"splits": {"train": {"filenames": "x-train-0000.tar"}}},
+                                "splits.train.filenames is a str"),
+    "num_samples as text": ({"splits": {"train": {"filenames": ["x-train-0000.tar"],
+                                                  "num_samples": "9"}}},
+                            "splits.train.num_samples is a str"),
+    "classes as a number": ({"classes": 3, "splits": {}}, "classes is a int"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", list(_INFO_MISTAKES))
+def test_an_info_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path, mistake, capsys):
+    data = write_set(tmp_path / "wds", "wds", {"train": [0, 1, 2] * 3, "validation": [1]})
+    info, said = _INFO_MISTAKES[mistake]
+    (data / "_info.json").write_text(json.dumps(info))
+    assert train("wds", data, tmp_path / "run") == 2
+    err = one_line(capsys)
+    assert f"{data / '_info.json'}: {said}" in err, err
+    assert main(["pack", "--dataset", "wds", "--data", str(data), "--format", "wds",
+                 "--out", str(tmp_path / "packed")]) == 2  # fmt: skip
+    assert f"{data / '_info.json'}: {said}" in one_line(capsys)
+
+
+def test_a_cls_that_is_no_integer_is_a_named_bad_sample(tmp_path, caplog):
+    labels = [b"1", b"1.5", b"one", b"", b"\xff\xfe", b"2 cats", b"0", b"2", b"-1", b"9" * 40]
+    members = [(f"{i:03d}.{e}", v) for i, y in enumerate(labels)
+               for e, v in (("jpg", jpeg(i)), ("cls", y))]  # fmt: skip
+    write_tar(tmp_path / "x-train-0000.tar", members)
+    data = load_dataset("wds", str(tmp_path), "train", in_memory="no")
+    assert data.labels.tolist() == [1, 0, 2]
+    named = sorted(f.rsplit(":", 1)[1] for f in data.bad.files)
+    assert named == ["001", "002", "003", "004", "005", "008", "009"]
+    assert caplog.text.count("is not an integer") == 6 and "label -1 (unlabelled)" in caplog.text

@@ -236,6 +236,14 @@ def _check_columns(schema, path: Path) -> None:
     )
     if not has_bytes or "label" not in names:
         raise ValueError(f"expected columns image {{bytes, path}} and label, found {names}")
+    import pyarrow.types as kinds  # there once a file is read
+
+    label = schema.field("label").type
+    if not (kinds.is_integer(label) or kinds.is_null(label)):  # null: an unlabelled split
+        raise ValueError(
+            f"its label column holds {label} values; a label is an integer class index (an "
+            "integer column, as `datasets` writes a ClassLabel)"
+        )
 
 
 def label_names(metadata: dict | None) -> list[str] | None:

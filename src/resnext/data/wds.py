@@ -121,7 +121,39 @@ def read_info(root: str) -> dict:
         raise ValueError(f"cannot read {path}: {e}") from None
     if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict):
         raise ValueError(f"{path} is not a dataset info file (expected {{'splits': {{...}}}})")
+    classes = info.get("classes")
+    if classes is not None and not _list_of(classes, (str, int)):
+        raise ValueError(f"{path}: classes is {_shown(classes)}, not a list of class names")
+    for split, entry in info.get("splits", {}).items():
+        _check_split(entry, f"{path}: splits.{split}")
     return info
+
+
+def _check_split(entry: object, where: str) -> None:
+    """A split entry as timm writes it: filenames, and sample counts that are integers."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is {_shown(entry)}, not {{'filenames': [...], ...}}")
+    if not _list_of(entry.get("filenames", []), str):
+        raise ValueError(f"{where}.filenames is {_shown(entry['filenames'])}, not a list of names")
+    lengths = entry.get("shard_lengths", [])
+    if not _list_of(lengths, int) or min(lengths, default=0) < 0:
+        raise ValueError(f"{where}.shard_lengths is {_shown(lengths)}, not a list of counts")
+    count = entry.get("num_samples", 0)
+    if not _list_of([count], int) or count < 0:
+        raise ValueError(f"{where}.num_samples is {_shown(count)}, not a count")
+
+
+def _list_of(value: object, kinds: type | tuple[type, ...]) -> bool:
+    """A list whose items are all of `kinds` (bool, a JSON true/false, is no int here)."""
+    return isinstance(value, list) and all(
+        isinstance(v, kinds) and not isinstance(v, bool) for v in value
+    )
+
+
+def _shown(value: object) -> str:
+    """A JSON value in a message: its type and the start of its text."""
+    text = json.dumps(value)
+    return f"a {type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[int]]:
