@@ -412,3 +412,31 @@ def test_a_cls_that_is_no_integer_is_a_named_bad_sample(tmp_path, caplog):
     named = sorted(f.rsplit(":", 1)[1] for f in data.bad.files)
     assert named == ["001", "002", "003", "004", "005", "008", "009"]
     assert caplog.text.count("is not an integer") == 6 and "label -1 (unlabelled)" in caplog.text
+
+
+# 8. What _info.json claims is checked against the shards: their own counts are used.
+
+
+@pytest.mark.parametrize("claims", [{"num_samples": 100}, {"num_samples": 3},
+                                    {"shard_lengths": [4, 5, 6]}, {"shard_lengths": [7]}])  # fmt: skip
+def test_info_counts_that_disagree_with_the_shards_are_warned_about(tmp_path, claims, caplog):
+    data = write_set(tmp_path / "wds", "wds", {"train": [0, 1, 2] * 3, "validation": [1, 2]})
+    # The train split is in two shards of 5 and 4 samples.
+    members = [(n.name, tarfile.open(data / "x-train-0000.tar").extractfile(n).read())
+               for n in tarfile.open(data / "x-train-0000.tar")]  # fmt: skip
+    write_tar(data / "x-train-0000.tar", members[:10])
+    write_tar(data / "x-train-0001.tar", members[10:])
+    write_info(data, {"train": ["x-train-0000.tar", "x-train-0001.tar"],
+                      "validation": ["x-validation-0000.tar"]})  # fmt: skip
+    info = json.loads((data / "_info.json").read_text())
+    info["splits"]["train"] |= claims
+    (data / "_info.json").write_text(json.dumps(info))
+    with caplog.at_level("WARNING", logger="resnext"):
+        assert len(load_dataset("wds", str(data), "train")) == 9
+    said = [m for m in caplog.messages if "_info.json" in m]
+    assert len(said) == 1, caplog.messages
+    if "num_samples" in claims:
+        assert f"holds {claims['num_samples']} samples; its shards hold 9 (used)" in said[0]
+    else:
+        n = len(claims["shard_lengths"])
+        assert f"lists {n} shard_lengths for the 2 train shards" in said[0]

@@ -95,6 +95,7 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
                 continue
             index.append((s, *sample.image, sample.name))
             labels.append(int(sample.label))
+    _check_count(root, split, info, sum(map(len, scanned)))
     s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                          np.array(nbytes, dtype=np.int64),
@@ -102,6 +103,14 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     return Scan(records, labels, _names(info.get("classes")), f"the {split} shards of {root}",
                 f"no readable samples in the {split} shards of {root}",
                 f'"classes": [...] in {Path(root) / INFO}')  # fmt: skip
+
+
+def _check_count(root: str, split: str, info: dict, found: int) -> None:
+    """Warn where _info.json's num_samples is not what the shards hold (theirs is used)."""
+    claimed = info.get("splits", {}).get(split, {}).get("num_samples")
+    if claimed is not None and claimed != found:
+        log.warning("%s says the %s split holds %d samples; its shards hold %d (used)",
+                    Path(root) / INFO, split, claimed, found)  # fmt: skip
 
 
 def _names(classes: list | None) -> list[str] | None:
@@ -175,7 +184,10 @@ def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[in
     for p in shards:
         if not p.is_file():
             raise ValueError(f"shard {p} is missing ({INFO} lists it in the {split} split)")
-    lengths = [int(n) for n in entry.get("shard_lengths", [])]
+    lengths = entry.get("shard_lengths", [])
+    if lengths and len(lengths) != len(shards):
+        log.warning("%s lists %d shard_lengths for the %d %s shards it names (the shards' own "
+                    "counts are used)", base / INFO, len(lengths), len(shards), split)  # fmt: skip
     return shards, lengths if len(lengths) == len(shards) else []
 
 
