@@ -440,3 +440,26 @@ def test_info_counts_that_disagree_with_the_shards_are_warned_about(tmp_path, cl
     else:
         n = len(claims["shard_lengths"])
         assert f"lists {n} shard_lengths for the 2 train shards" in said[0]
+
+
+# 11. Training without a held-out split is asked for by name, and the refusal names it.
+
+
+@pytest.mark.parametrize("fmt", ["folder", "wds", "parquet"])
+def test_training_without_a_held_out_split_is_asked_for_by_val_split_none(tmp_path, fmt, capsys):
+    from resnext.files.model_file import read_model_file
+
+    data = write_set(tmp_path / fmt, fmt, {"train": [0, 1, 2, 1, 0, 2, 2, 1]})
+    run = tmp_path / "run"
+    assert train(fmt, data, run) == 2
+    assert "--set val_split=none trains without one" in one_line(capsys)
+    assert train(fmt, data, run, "--set", "val_split=none") == 0
+    assert "trained without a held-out split (val_split=none)" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.jsonl").read_text())
+    assert not [k for k in metrics if k.startswith("val")] and (run / "errors.png").is_file()
+    assert (run / "last.pt").is_file() and not (run / "best.pt").exists()
+    assert train(fmt, data, run, "--epochs", "2", "--resume", str(run)) == 0
+    assert read_model_file(run / "last.pt")["epoch"] == 2
+    assert main(["train", *TRAIN, "--dataset", fmt, "--data", str(data), "--out",
+                 str(tmp_path / "test"), "--set", "val_split=test"]) == 2  # fmt: skip
+    assert "val_split=none" in capsys.readouterr().err

@@ -27,8 +27,8 @@ from resnext.data.images import MAX_PIXELS
 from resnext.data.memory import decode_once, first_usable, hold_small
 from resnext.data.samples import ImageSet, Scan
 
-__all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
-           "load_dataset"]  # fmt: skip
+__all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "NoHeldOut", "decode_once",
+           "held_out_split", "load_dataset"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +184,15 @@ def held_out_split(name: str, root: str, asked: str = "auto") -> str:
     present = [s for s in reader.splits(root) if s != "train"]
     if not present:
         where = f"{root} does not exist" if root and not Path(root).exists() else "none found"
-        raise ValueError(f"no {reader.val} or test {reader.what} in {root!r} ({where})")
+        raise NoHeldOut(f"no {reader.val} or test {reader.what} in {root!r} ({where})")
     want = present[0] if asked == "auto" else "test" if asked == "test" else reader.val
     if want not in present:
-        raise ValueError(f"no {want} {reader.what} in {root} (it holds {', '.join(present)})")
+        raise NoHeldOut(f"no {want} {reader.what} in {root} (it holds {', '.join(present)})")
     return want
+
+
+class NoHeldOut(ValueError):
+    """The data set holds no held-out split of the kind asked for."""
 
 
 def splits_present(name: str, root: str) -> list[str]:

@@ -36,6 +36,7 @@ Optimizer = Literal["sgd", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 InMemory = Literal["auto", "yes", "no"]
 BadImages = Literal["skip", "error"]
+ValSplit = Literal["auto", "val", "test", "none"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class TrainConfig:
     mean: tuple[float, ...] = (0.305,)
     std: tuple[float, ...] = (0.376,)
     train_limit: int = 0
+    # The held-out split validated on: auto (val, else test), val, test, or none (no
+    # validation: metrics without val_*, and no best.pt).
+    val_split: ValSplit = "auto"
     val_limit: int = 0
     workers: int = 2
     # Model options a name does not fix.

@@ -21,10 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.data.bad_images import BadImages
-from resnext.data.batches import eval_batches, smallest_image, train_batches
-from resnext.data.datasets import ImageSet, load_dataset
-from resnext.data.samples import common_classes
+from resnext.data.batches import eval_batches, train_batches
+from resnext.data.datasets import ImageSet
 from resnext.files.checkpoint import remove_stale_temporaries
 from resnext.files.model_file import read_model_file
 from resnext.models.merged import merge_small_groups
@@ -41,6 +39,7 @@ from resnext.training.distributed import (
 )
 from resnext.training.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
 from resnext.training.finetune import freeze_stages, start_from
+from resnext.training.inputs import check_bad_images, load_sets, untouched
 from resnext.training.optim import EMA, build_optimizer, lr_at
 from resnext.training.plot import plot_run
 from resnext.training.progress import Progress
@@ -110,7 +109,7 @@ def _train(
     board = Board(cfg, out, ctx.main)  # a missing tensorboard package fails before any work
     log.info("%s", sizes(cfg))
     seed_everything(cfg.seed, cfg.deterministic)
-    train_set, val_set = _load_data(cfg, ctx)
+    train_set, val_set = load_sets(cfg, ctx)
     spec = get_spec(
         cfg.model,
         num_classes=len(train_set.classes),
@@ -141,8 +140,9 @@ def _train(
     log.info("training %s on %d images (%d steps/epoch%s, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch,
              _left_out(len(train_set), cfg.batch_size), ctx.world, out)  # fmt: skip
-    log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
-             _untouched(cfg, val_set.split))  # fmt: skip
+    if val_set is not None:
+        log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
+                 untouched(cfg, val_set.split))  # fmt: skip
 
     def stopped(epoch: int, batch: int) -> TrainingStopped:
         # Mid-epoch: "during epoch 2, step 3/4"; at a boundary: "after epoch 2".
@@ -185,17 +185,18 @@ def _train(
         met = int(all_sum([train_set.bad.met], ctx.device)[0])
         check_bad_images(train_set.bad, met, read, cfg, f"epoch {epoch + 1}", saver.last)
         start_batch, sums = 0, None
-        metrics |= _validate(t, val_set, cfg, ctx)
+        metrics |= _validate(t, val_set, cfg, ctx) if val_set is not None else {}
+        held_out = val_set.bad.files if val_set is not None else set()
         metrics |= {
-            "bad_images": len(train_set.bad.files | val_set.bad.files),
+            "bad_images": len(train_set.bad.files | held_out),
             "skipped_steps": t.skipped,
         }
-        saver.best = min(saver.best, metrics["val_top1_error"])
+        saver.best = min(saver.best, metrics.get("val_top1_error", float("inf")))
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             saver.save("last.pt", epoch + 1, 0, metrics, None)
-            if metrics["val_top1_error"] <= saver.best:
+            if metrics.get("val_top1_error", float("inf")) <= saver.best < float("inf"):
                 saver.save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
             board.epoch(metrics, t.step)
@@ -205,6 +206,8 @@ def _train(
     board.close()
     if ctx.main:
         plot_run(out)  # the command line prints where (errors.png)
+    if val_set is None:
+        return {**metrics, "best_val_top1_error": None, "val_split": "none"}
     return {**metrics, "best_val_top1_error": saver.best, "val_split": val_set.split}
 
 
@@ -230,89 +233,6 @@ def _finished(ckpt: dict) -> dict[str, Any]:
     best = ckpt.get("best_val_top1_error")
     metrics = ckpt.get("metrics") or {}
     return {**metrics, "best_val_top1_error": best, "already_finished": int(ckpt["epoch"])}
-
-
-def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
-    """Training and validation sets; in-memory images move to the device once."""
-    sets: list[ImageSet] = []
-    # One size rule for crop_flip and none: images are brought to the training size as
-    # evaluation brings them (shorter side resized, centre crop), in memory or per file; the
-    # held-out set likewise when its view is square (eval_resize == eval_crop).
-    fixed = cfg.augment != "inception"
-    sizes = {"train": cfg.train_size if fixed else None}
-    sizes["auto"] = cfg.eval_crop if cfg.eval_resize == cfg.eval_crop else None
-    for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
-        smallest = smallest_image(cfg.feed()) if split == "train" else 1
-        # The held-out split has the training split's classes, whatever labels it holds.
-        count = len(sets[0].classes) if sets else cfg.num_classes
-        data = load_dataset(
-            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest,
-            sizes[split], cfg.max_pixels, count,
-        )  # fmt: skip
-        if split == "train" and cfg.num_classes not in (0, len(data.classes)):
-            raise ValueError(f"num_classes={cfg.num_classes}, but {cfg.data or cfg.dataset} "
-                             f"names {len(data.classes)} classes")  # fmt: skip
-        if split == "train":  # bad images met while loading (skipped, or left out of memory)
-            met = data.bad.met
-            check_bad_images(
-                data.bad,
-                met,
-                len(data) + met,
-                cfg,
-                f"the training split of {cfg.data or cfg.dataset}",
-            )
-        sets.append(data.subset(limit).to(ctx.device))
-    train_set, val_set = sets
-    classes = common_classes(train_set.classes, val_set.classes)
-    if classes is None:
-        raise ValueError("the training and validation sets have different classes")
-    val_set = val_set.replace(classes=classes)
-    if len(train_set) < cfg.batch_size:  # an epoch of no step: nothing would be trained
-        skipped = f" ({len(train_set.bad.files)} bad ones skipped)" if train_set.bad.files else ""
-        limit = f" (train_limit={cfg.train_limit})" if cfg.train_limit else ""
-        raise ValueError(
-            f"the training split of {cfg.data or cfg.dataset} holds {len(train_set)} usable "
-            f"images{skipped}{limit}, fewer than one batch ({cfg.batch_size}): lower --batch-size"
-        )
-    if len(cfg.mean) != train_set.channels:
-        raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
-    memory = train_set.images is not None and cfg.augment != "inception"
-    if memory and train_set.images.shape[-1] != cfg.train_size:
-        raise ValueError(
-            f"images are {train_set.images.shape[-1]} px but train_size={cfg.train_size}; "
-            "set train_size (and eval_resize, eval_crop) to match"
-        )
-    if fixed and train_set.images is None:
-        log.info("training images are brought to %d px as evaluation brings them (shorter side "
-                 "resized to %d, centre crop)", cfg.train_size, cfg.train_size)  # fmt: skip
-    if cfg.batch_size % (ctx.world * cfg.accum_steps):
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
-    return train_set, val_set
-
-
-class TooManyBadImages(ValueError):
-    """More of the training images are bad than max_bad_fraction allows."""
-
-
-def check_bad_images(bad: BadImages, met: int, read: int, cfg: TrainConfig, when: str,
-                     last: str | None = None) -> None:  # fmt: skip
-    """Stop where more than `max_bad_fraction` of the `read` training images were bad: `met`
-    of them (over every process), the first few named by `bad`."""
-    if met <= cfg.max_bad_fraction * read:
-        return
-    kept = f"; last checkpoint: {last}" if last else ""
-    raise TooManyBadImages(
-        f"{when}: {met} of {read} training images were bad ({bad.named() or 'on other ranks'}), "
-        f"more than max_bad_fraction={cfg.max_bad_fraction:g} allows (--set "
-        f"max_bad_fraction=F raises it){kept}"
-    )
-
-
-def _untouched(cfg: TrainConfig, split: str) -> str:
-    """A note when a folder's test/ split stays unused because val/ is there."""
-    if split != "val" or cfg.dataset != "folder" or not (Path(cfg.data) / "test").is_dir():
-        return ""
-    return f"; {Path(cfg.data) / 'test'} stays untouched (evaluate --split test measures it)"
 
 
 def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
