@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +217,7 @@ def splits(root: str) -> list[str]:
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
-@dataclass
+@dataclass(slots=True)
 class TarSample:
     """One sample of a shard: a run of consecutive members with one key (webdataset's rule).
 
@@ -230,7 +230,6 @@ class TarSample:
     image: tuple[int, int] | None = None
     label: bytes | None = None
     problem: str | None = None
-    exts: set[str] = field(default_factory=set)
 
 
 _MAX_CLS = 32  # bytes of a .cls member read: an integer label is far shorter
@@ -245,7 +244,7 @@ def scan_tar(path: Path) -> list[TarSample]:
     """
     samples: list[TarSample] = []
     runs: dict[str, int] = {}  # key -> runs of members with that key so far
-    current = None  # the key of the run being read
+    current, exts = None, set()  # the key of the run being read, and its extensions
     try:
         with open(path, "rb") as f:
             for name, offset, size in tar_members(f, path.stat().st_size):
@@ -254,13 +253,13 @@ def scan_tar(path: Path) -> list[TarSample]:
                     continue
                 key, ext = found.group(1), found.group(2).lower()
                 if key != current:
-                    current, runs[key] = key, runs.get(key, 0) + 1
+                    current, runs[key], exts = key, runs.get(key, 0) + 1, set()
                     samples.append(TarSample(key if runs[key] == 1 else f"{key}#{runs[key]}"))
                 sample = samples[-1]
-                if ext in sample.exts:
+                if ext in exts:
                     sample.problem = sample.problem or f"two {key}.{ext} members in one sample"
                     continue
-                sample.exts.add(ext)
+                exts.add(ext)
                 if ext in _IMAGE_EXTS and sample.image is None:
                     sample.image = (offset, size)
                 elif ext == "cls":
