@@ -266,7 +266,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_run, capsys):
 
 def _with_an_infinite_image(monkeypatch, index: int) -> None:
     """Training images as floats with one +inf pixel: every batch holding it has a NaN loss."""
-    module = importlib.import_module("resnext.training.train")
+    module = importlib.import_module("resnext.training.inputs")
     real = module.load_dataset
 
     def load(name, root, split, *args):

@@ -18,7 +18,7 @@ from resnext.data.samples import common_classes
 from resnext.training.config import TrainConfig
 from resnext.training.distributed import Context
 
-log = logging.getLogger("resnext.training.train")
+log = logging.getLogger("resnext.training.train")  # one training log, as train.py writes it
 
 
 class TooManyBadImages(ValueError):
