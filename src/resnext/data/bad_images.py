@@ -34,14 +34,16 @@ class BadImages:
 
     `on_bad` is "skip" or "error"; an image whose shorter side is below `min_size` is bad (the
     training crop cannot be cut from it), and so is one of more than `max_pixels` pixels.
+    `met` counts the bad samples met since `recount` (an epoch's, for training's limit), a file
+    met again counted again; `files` holds each once.
     """
 
     on_bad: str = "skip"
     min_size: int = 1
     max_pixels: int = MAX_PIXELS
     files: set[str] = field(default_factory=set)
-    met: int = 0  # bad samples met since `recount`, one met again (a later epoch) counted again
-    first: list[str] = field(default_factory=list)  # the first few of them, named
+    met: int = 0
+    first: list[str] = field(default_factory=list)  # the first few met, named
 
     def recount(self) -> None:
         """Count the bad samples met from here on (an epoch's: training's max_bad_fraction)."""

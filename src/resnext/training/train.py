@@ -183,7 +183,8 @@ def _train(
             ) from None
         read = (steps_per_epoch - start_batch) * cfg.batch_size
         met = int(all_sum([train_set.bad.met], ctx.device)[0])
-        check_bad_images(train_set.bad, met, read, cfg, f"epoch {epoch + 1}", saver.last)
+        kept = saver.last if saver.last != "none" else "none written yet"
+        check_bad_images(train_set.bad, met, read, cfg, f"epoch {epoch + 1}", kept)
         start_batch, sums = 0, None
         metrics |= _validate(t, val_set, cfg, ctx) if val_set is not None else {}
         held_out = val_set.bad.files if val_set is not None else set()
@@ -191,12 +192,13 @@ def _train(
             "bad_images": len(train_set.bad.files | held_out),
             "skipped_steps": t.skipped,
         }
-        saver.best = min(saver.best, metrics.get("val_top1_error", float("inf")))
+        error = metrics.get("val_top1_error")  # None without a held-out split: no best.pt
+        saver.best = min(saver.best, error) if error is not None else saver.best
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             saver.save("last.pt", epoch + 1, 0, metrics, None)
-            if metrics.get("val_top1_error", float("inf")) <= saver.best < float("inf"):
+            if error is not None and error <= saver.best:
                 saver.save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
             board.epoch(metrics, t.step)
