@@ -97,17 +97,17 @@ def export_int8(capsys, ckpt, out, data, *extra):
     return text
 
 
-def evaluate(capsys, model_file, data) -> dict:
+def evaluate(capsys, model_file, data, *extra) -> dict:
     code, out, err = run(
         capsys, "evaluate", "--checkpoint", model_file, "--dataset", "folder", "--data", data,
-        "--split", "test", "--workers", 0, "--json",
+        "--split", "test", "--workers", 0, "--json", *extra,
     )  # fmt: skip
     assert code == 0, err
     return json.loads(out)
 
 
-def predict(capsys, model_file, images) -> list[dict]:
-    code, out, err = run(capsys, "predict", "--checkpoint", model_file, *images, "--json")
+def predict(capsys, model_file, images, *extra) -> list[dict]:
+    code, out, err = run(capsys, "predict", "--checkpoint", model_file, *images, "--json", *extra)
     assert code == 0, err
     return [json.loads(line) for line in out.splitlines()]
 
@@ -151,12 +151,13 @@ def test_exported_files_predict_the_checkpoints_classes(trained, tmp_path, capsy
             assert (
                 run(capsys, "export", "--checkpoint", ckpt, "--format", fmt, "--out", out)[0] == 0
             )
-        got = predict(capsys, out, images)
+        trust = () if fmt == "onnx" else ("--trust-file",)  # programs run only when trusted
+        got = predict(capsys, out, images, *trust)
         assert [g["path"] for g in got] == [w["path"] for w in want]
         for g, w in zip(got, want):
             assert [t["class"] for t in g["top"]] == [t["class"] for t in w["top"]], fmt
             assert abs(g["top"][0]["prob"] - w["top"][0]["prob"]) < 1e-4, fmt
-        result = evaluate(capsys, out, data)
+        result = evaluate(capsys, out, data, *trust)
         assert result["top1_error"] == evaluate(capsys, ckpt, data)["top1_error"], fmt
 
 

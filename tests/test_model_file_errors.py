@@ -158,3 +158,175 @@ def test_a_device_is_not_a_regular_file(tmp_path, capsys):
     assert main(["predict", "--checkpoint", "/dev/null", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a regular file" in err, err
+
+
+# Damaged files: every damage is a CheckpointError (a ValueError) in one line naming the file and
+# the field, never the TypeError, NotImplementedError or UnicodeDecodeError of the code below us.
+
+DAMAGE_SPEC = ModelSpec("cifar", "bottleneck", (1, 1, 1), 2, 4, 3, base_planes=16)
+DAMAGE_PRE = Preprocessing(8, 8, mean=(0.5,) * 3, std=(0.25,) * 3).to_dict()
+GOOD_META = {"spec": DAMAGE_SPEC.to_dict(), "class_names": ["a", "b", "c"]}
+
+
+@pytest.fixture(scope="module")
+def sound(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint and the ONNX, TorchScript and .pt2 files `export` wrote from it."""
+    from resnext.files.export import export_checkpoint
+
+    tmp = tmp_path_factory.mktemp("sound")
+    payload = {"model": build_model(DAMAGE_SPEC).state_dict(), "preprocessing": DAMAGE_PRE}
+    files = {"pt": save_checkpoint(tmp / "model.pt", payload | GOOD_META)}
+    for fmt, suffix in [("onnx", ".onnx"), ("torchscript", ".ts"), ("exported-program", ".pt2")]:
+        files[fmt] = tmp / f"model{suffix}"
+        export_checkpoint(files["pt"], fmt, files[fmt])
+    return files
+
+
+def central_entries(data: bytes, change) -> bytes:
+    """`data` (a zip) with `change(bytearray, offset)` applied to each central directory entry."""
+    out, at = bytearray(data), 0
+    while (at := out.find(b"PK\x01\x02", at)) >= 0:
+        change(out, at)
+        at += 4
+    return bytes(out)
+
+
+def zip_version_99(out: bytearray, at: int) -> None:
+    out[at + 6 : at + 8] = (99).to_bytes(2, "little")  # "version needed to extract": 9.9
+
+
+def non_utf8_name(out: bytearray, at: int) -> None:
+    flags = int.from_bytes(out[at + 8 : at + 10], "little") | 0x800  # names are UTF-8
+    out[at + 8 : at + 10] = flags.to_bytes(2, "little")
+    out[at + 46] = 0xFF  # the name's first byte: never UTF-8
+
+
+def with_metadata(sound, fmt: str, path: Path, meta: dict) -> Path:
+    """The sound file of `fmt` with `meta` replacing fields of its resnext metadata."""
+    import json
+    import zipfile
+
+    import onnx
+
+    if fmt == "pt":
+        state = build_model(DAMAGE_SPEC).state_dict()
+        return save_checkpoint(
+            path, {"model": state, "preprocessing": DAMAGE_PRE} | GOOD_META | meta
+        )
+    if fmt == "safetensors":
+        from resnext import save_safetensors
+
+        state = build_model(DAMAGE_SPEC).state_dict()
+        return save_safetensors(path, state, {"preprocessing": DAMAGE_PRE} | GOOD_META | meta)
+    if fmt == "onnx":
+        proto = onnx.load(str(sound["onnx"]))
+        props = {p.key: p.value for p in proto.metadata_props}
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props | {k: json.dumps(v) for k, v in meta.items()})
+        onnx.save(proto, str(path))
+        return path
+    with zipfile.ZipFile(sound[fmt]) as z, zipfile.ZipFile(path, "w") as out:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename.endswith("/extra/resnext.json"):
+                data = json.dumps(json.loads(data) | meta).encode()
+            out.writestr(info, data)
+    return path
+
+
+def damaged_onnx(sound, path: Path, damage: str) -> Path:
+    """The sound ONNX file with one initializer changed."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(sound["onnx"]))
+    tensors = {t.name: t for t in proto.graph.initializer}
+    if damage == "reshape":  # the flatten before fc: a shape no batch can take
+        shape = next(n for n in proto.graph.node if n.op_type == "Reshape").input[1]
+        new = numpy_helper.from_array(np.array([7, -1], dtype=np.int64), shape)
+    elif damage == "conv":  # a weight cut short: ONNX Runtime runs it without a word
+        w = numpy_helper.to_array(tensors["layer2.0.conv1.weight"])[:, :60]
+        new = numpy_helper.from_array(np.ascontiguousarray(w), "layer2.0.conv1.weight")
+    else:  # a bias of the wrong length
+        new = numpy_helper.from_array(np.zeros(5, np.float32), "fc.bias")
+    tensors[new.name].CopyFrom(new)
+    onnx.save(proto, str(path))
+    return path
+
+
+METADATA_DAMAGES = {
+    "preprocessing-int": ({"preprocessing": 5}, "preprocessing"),
+    "class_names-int": ({"class_names": 5}, "class_names"),
+    "class_names-of-ints": ({"class_names": [1, 2, 3]}, "class_names"),
+    "spec-int": ({"spec": 5}, "spec"),
+    "spec-misspelt": ({"spec": DAMAGE_SPEC.to_dict() | {"cardinalty": 2}}, "cardinalty"),
+    "model_name-int": ({"model_name": 5}, "model_name"),
+}
+DAMAGES = {
+    "zip-version": (
+        lambda s, p: p.write_bytes(central_entries(s["pt"].read_bytes(), zip_version_99)) and p,
+        "zip file version 9.9",
+    ),
+    "zip-member-name": (
+        lambda s, p: p.write_bytes(central_entries(s["pt"].read_bytes(), non_utf8_name)) and p,
+        "member name",
+    ),
+    **{
+        f"{fmt}-{name}": (
+            lambda s, p, fmt=fmt, meta=meta: with_metadata(s, fmt, p, meta),
+            word,
+        )
+        for fmt in ("pt", "safetensors", "onnx", "torchscript", "exported-program")
+        for name, (meta, word) in METADATA_DAMAGES.items()
+    },
+    "onnx-reshape": (lambda s, p: damaged_onnx(s, p, "reshape"), "Reshape"),
+    "onnx-conv-weight": (lambda s, p: damaged_onnx(s, p, "conv"), "ShapeInferenceError"),
+    "onnx-bias": (lambda s, p: damaged_onnx(s, p, "bias"), "ShapeInferenceError"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_every_damaged_file_is_one_line_naming_the_file_and_the_field(sound, tmp_path, damage):
+    """The rule: whatever is damaged, load_model raises CheckpointError in one line with the
+    file's name and the damaged field, at load, not at the first run."""
+    from resnext import load_model
+    from resnext.files.checkpoint import CheckpointError
+
+    write, word = DAMAGES[damage]
+    suffix = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".ts"}
+    path = tmp_path / f"damaged{suffix.get(damage.split('-')[0], '.pt')}"
+    if damage.startswith("exported-program"):
+        path = tmp_path / "damaged.pt2"
+    path = write(sound, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model(path, trusted=True)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and word in msg, msg
+
+
+def test_a_graph_that_fails_only_when_run_is_one_line_from_the_cli(sound, tmp_path):
+    """ONNX Runtime also logs its error to stderr itself: the check at load keeps it quiet."""
+    path = damaged_onnx(sound, tmp_path / "damaged.onnx", "reshape")
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(tmp_path / "photo.png")
+    exe = Path(sys.executable).parent / "resnext"
+    argv = [str(exe), "predict", "--checkpoint", str(path), str(tmp_path / "photo.png")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and f"cannot run {path}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("batch", ["dynamic", "static"])
+def test_the_check_at_load_passes_sound_onnx_files(sound, tmp_path, batch):
+    """A fixed batch of 2 (`--batch static --spatial static`) is run at its own shape."""
+    from resnext import load_model
+    from resnext.files.export import export_checkpoint
+
+    path = sound["onnx"]
+    if batch == "static":
+        path = tmp_path / "static.onnx"
+        export_checkpoint(sound["pt"], "onnx", path, dynamic=False, spatial=False)
+    model = load_model(path)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 3)

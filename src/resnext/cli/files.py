@@ -26,7 +26,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     log_to_stderr(True)
     r = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.data, args.resize, args.crop, args.ten_crop,
-        args.batch_size, args.workers, args.split or "auto",
+        args.batch_size, args.workers, args.split or "auto", args.trust_file,
     )  # fmt: skip
     if args.json:
         print(json.dumps(r))
@@ -115,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from resnext.inference.predict import predict_file
 
     read = 0
-    for result in predict_file(args.checkpoint, args.images, args.top_k):
+    for result in predict_file(args.checkpoint, args.images, args.top_k, args.trust_file):
         if args.json:
             print(json.dumps(result), flush=True)
         elif "error" in result:
@@ -131,7 +131,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 MODEL_FILE_HELP = (
     "last.pt/best.pt, .safetensors, a torchvision/timm/pycls weights file, an http(s):// or "
     "file:// URL, torchvision:MODEL[.TAG] or timm:NAME.TAG; evaluate and predict also run "
-    "the .onnx, TorchScript and .pt2 files `export` wrote"
+    "the .onnx, TorchScript and .pt2 files `export` wrote (TorchScript and .pt2 with --trust-file)"
+)
+TRUST_HELP = (
+    "run a TorchScript or .pt2 file: they are programs, and loading one can run any code it "
+    "holds; only for files from a source you trust (weight files never run code)"
 )
 
 
@@ -155,6 +159,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="decoding processes for image folders "
                    "(default: 4, or the CPUs if fewer)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--trust-file", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="import torchvision/timm/pycls weights as a checkpoint")
@@ -205,4 +210,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--trust-file", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_predict)

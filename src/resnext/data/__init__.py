@@ -1,1 +1,2 @@
-"""Data: datasets (image folders, CIFAR, digits), seeded batches, transforms and image decoding."""
+"""Data: readers of every source (image folders, WebDataset shards, parquet, CIFAR, digits) into
+one ImageSet, pack, seeded batches, transforms, the image decoder and Preprocessing."""

@@ -5,7 +5,9 @@ The encoded images are copied as they are (never re-encoded), in the set's order
 packed set gives the same batches as its source. Each split is written as `train`,
 `validation` (a folder's val/) and `test`, with the metadata the other readers of the format
 use: `_info.json` for timm's wds reader, the ClassLabel feature for Hugging Face `datasets`.
-Every file is written under a temporary name and renamed when complete.
+Every file is written under a temporary name and renamed when complete (resnext.atomic), and
+`_pack.json` records the progress after each shard: a pack that stopped (killed, a full disk)
+resumes after its last complete shard when run again with the same arguments.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import json
 import logging
 import os
 import tarfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -29,13 +34,13 @@ from resnext.errors import one_line
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("wds", "parquet")
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # folder -> packed
 
 
-def encoded(data: ImageSet) -> Iterator[tuple[int, bytes, str, str]]:
-    """(index, encoded bytes, format suffix, source name) of every readable image of `data`."""
-    for i in range(len(data)):
+def encoded(data: ImageSet, start: int = 0) -> Iterator[tuple[int, bytes, str, str]]:
+    """(index, encoded bytes, format suffix, source name) of every readable image of `data`,
+    from image `start` on."""
+    for i in range(start, len(data)):
         try:
             source, name = data.open(i)
             raw = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()
@@ -61,38 +66,65 @@ def _suffix(kind: str, name: str) -> str | None:
     return own[1:] if own in IMAGE_SUFFIXES else None
 
 
-def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, shard_size: int) -> dict:
+@dataclass(frozen=True)
+class Format:
+    """How one packed format is written: a shard's file name (k-th of the split, before the
+    count is known) and its writer; `numbered` formats name the count ("-of-NNNNN") at the end."""
+
+    path: Callable[[Path, str, str, int], Path]
+    write: Callable[[BinaryIO, list, ImageSet], None]
+    numbered: bool
+
+
+def _tar_path(out: Path, name: str, split: str, k: int) -> Path:
+    return out / f"{name}-{split}-{k:04d}.tar"
+
+
+def _parquet_path(out: Path, name: str, split: str, k: int) -> Path:
+    return out / "data" / f"{split}-{k:05d}.parquet.unnumbered"
+
+
+STATE = "_pack.json"  # an unfinished pack's progress: what a second run resumes from
+PROGRESS_SECONDS = 30.0  # how often a split's progress is logged
+
+
+def pack_split(
+    data: ImageSet, fmt: str, out: Path, name: str, split: str, shard_size: int,
+    state: dict | None = None, save_state: Callable[[dict], None] = lambda state: None,
+) -> dict:  # fmt: skip
     """Write `data` as `split` shards of `shard_size` samples; returns its _info.json entry.
 
-    Shards are written as they fill (a shard's images in memory at a time); the parquet names'
-    "-of-NNNNN" is known at the end, when the finished files are renamed.
+    Shards are written as they fill (a shard's images in memory at a time), each atomically;
+    after each one `save_state` records the split's progress (`state`: the shards written, their
+    lengths and the next image), from which a second run resumes. A numbered format's count
+    ("-of-NNNNN") is known at the end, when the finished files are renamed.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    done, lengths, chunk = [], [], []
+        raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
+    form = FORMATS[fmt]
+    state = state or {"done": [], "lengths": [], "next": 0}
+    done, lengths, chunk = [out / p for p in state["done"]], list(state["lengths"]), []
+    progress = _Progress(split, len(data), state["next"])
 
-    def flush() -> None:
-        k = len(done)
-        if fmt == "wds":
-            path = out / f"{name}-{split}-{k:04d}.tar"
-        else:
-            path = out / "data" / f"{split}-{k:05d}.parquet.unnumbered"
-        write_atomic(
-            path, lambda f: (_write_tar if fmt == "wds" else _write_parquet)(f, chunk, data)
-        )
+    def flush(next_image: int) -> None:
+        path = form.path(out, name, split, len(done))
+        write_atomic(path, lambda f: form.write(f, chunk, data))
         done.append(path)
         lengths.append(len(chunk))
         chunk.clear()
+        save_state({"done": [p.relative_to(out).as_posix() for p in done], "lengths": lengths,
+                    "next": next_image})  # fmt: skip
 
-    for record in encoded(data):
+    for record in encoded(data, start=state["next"]):
         chunk.append(record)
+        progress.show(record[0] + 1)
         if len(chunk) == shard_size:
-            flush()
+            flush(record[0] + 1)
     if chunk:
-        flush()
+        flush(len(data))
     if not done:
         raise ValueError(f"no readable images in the {data.split} split to pack")
-    if fmt == "parquet":
+    if form.numbered:
         final = [
             p.with_name(f"{split}-{k:05d}-of-{len(done):05d}.parquet") for k, p in enumerate(done)
         ]
@@ -105,6 +137,24 @@ def pack_split(data: ImageSet, fmt: str, out: Path, name: str, split: str, shard
             "shard_lengths": lengths}  # fmt: skip
 
 
+class _Progress:
+    """Logs a split's progress (images read, images/s, time left) every PROGRESS_SECONDS."""
+
+    def __init__(self, split: str, total: int, start: int) -> None:
+        self.split, self.total, self.start = split, total, start
+        self.t0 = self.last = time.monotonic()
+
+    def show(self, at: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        rate = (at - self.start) / max(now - self.t0, 1e-9)
+        left = (self.total - at) / rate if rate else float("inf")
+        log.info("%s: %d of %d images (%.0f images/s, about %.0f min left)", self.split, at,
+                 self.total, rate, left / 60)  # fmt: skip
+
+
 def pack_dataset(
     dataset: str, root: str, fmt: str, out: str, name: str = "", shard_size: int = 1000,
     num_classes: int = 0, **old,
@@ -113,8 +163,9 @@ def pack_dataset(
     `shard_size` samples (`size=` is its old name); data that records no class names has
     `num_classes` classes (0: as its labels say, datasets.class_names).
 
-    Returns {split: its _info.json entry}. `out` must be new or empty: a packed set is never
-    mixed with the files of another.
+    Returns {split: its _info.json entry}. `out` must be new or empty, or hold a pack of the
+    same arguments that stopped before its end: it then resumes after the last complete shard.
+    A packed set is never mixed with the files of another.
     """
     if "size" in old:
         warnings.warn("pack_dataset(size=) is now shard_size=", DeprecationWarning, stacklevel=2)
@@ -123,14 +174,15 @@ def pack_dataset(
         raise TypeError(f"pack_dataset() got unexpected arguments {sorted(old)}")
     from resnext.data.datasets import load_dataset, splits_present
 
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ValueError(f"--out {out} is not an empty folder (pack writes a new data set)")
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     if num_classes < 0:
         raise ValueError(f"--num-classes must not be negative, got {num_classes}")
+    target = Path(out)
     name = name or Path(root).resolve().name
+    args = {"dataset": dataset, "root": str(Path(root).resolve()), "format": fmt, "name": name,
+            "shard_size": shard_size, "num_classes": num_classes}  # fmt: skip
+    state = _resume_state(target, args)
     sources = []
     for s in splits_present(dataset, root):
         # The held-out splits have the training split's classes, whatever labels they hold.
@@ -142,6 +194,7 @@ def pack_dataset(
                 raise
             log.warning("not packing the %s split: %s", s, e)
     classes = sources[0][1].classes
+    _write_json(target / STATE, state)  # from here on, a second run resumes
     splits = {}
     for split, data in sources:
         common = common_classes(classes, data.classes)
@@ -151,16 +204,52 @@ def pack_dataset(
             )
         packed = SPLIT_NAMES.get(split, split)
         data = data.replace(classes=common)
-        splits[packed] = pack_split(data, fmt, target, name, packed, shard_size)
+        if packed in state["finished"]:
+            splits[packed] = state["finished"][packed]
+            continue
+
+        def save(progress: dict, packed: str = packed, state: dict = state) -> None:
+            _write_json(target / STATE, {**state, "split": packed, "progress": progress})
+
+        begun = state["progress"] if state.get("split") == packed else None
+        splits[packed] = pack_split(data, fmt, target, name, packed, shard_size, begun, save)
+        state = {**state, "finished": {**state["finished"], packed: splits[packed]},
+                 "split": None, "progress": None}  # fmt: skip
+        _write_json(target / STATE, state)
     if fmt == "wds":
         write_info(target, name, classes, splits)
+    (target / STATE).unlink()
     return splits
+
+
+def _resume_state(target: Path, args: dict) -> dict:
+    """A new pack's state, or that of the unfinished pack of the same `args` in `target`."""
+    fresh = {"args": args, "finished": {}, "split": None, "progress": None}
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return fresh
+    why = "pack writes a new data set"
+    try:
+        state = json.loads((target / STATE).read_text()) if target.is_dir() else None
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and state.get("args") == args:
+        log.info("resuming the unfinished pack in %s", target)
+        for tmp in [*target.glob(".*.tmp"), *target.glob("data/.*.tmp")]:  # a killed write's
+            tmp.unlink()
+        return state
+    if isinstance(state, dict):
+        why = f"it holds an unfinished pack of other arguments: {state.get('args')}"
+    raise ValueError(f"--out {target} is not an empty folder ({why})")
+
+
+def _write_json(path: Path, value: dict) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(value, indent=1).encode()))
 
 
 def write_info(out: Path, name: str, classes: list[str], splits: dict[str, dict]) -> None:
     """`_info.json` as timm's wds reader reads it (name, splits), plus our class names."""
     info = {"name": name, "classes": list(classes), "splits": splits}
-    write_atomic(out / "_info.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    _write_json(out / "_info.json", info)
 
 
 def _write_tar(f, chunk: list, data: ImageSet) -> None:
@@ -199,3 +288,9 @@ def _write_parquet(f, chunk: list, data: ImageSet) -> None:
 def _relative(name: str) -> str:
     """The last three parts of a source name (split/class/file for a folder)."""
     return "/".join(Path(name).parts[-3:])
+
+
+FORMATS = {
+    "wds": Format(_tar_path, _write_tar, numbered=False),
+    "parquet": Format(_parquet_path, _write_parquet, numbered=True),
+}

@@ -26,7 +26,7 @@ from resnext.files.interop import (
     to_torchvision_layout,
     torchvision_name_for_file,
 )
-from resnext.files.model_file import checkpoint_metadata, read_model_file
+from resnext.files.model_file import check_metadata, checkpoint_metadata, read_model_file
 from resnext.files.weights import (
     WeightsError,
     compare_state_dicts,
@@ -169,6 +169,7 @@ def _spec_and_state(
 ) -> tuple[ModelSpec, str | None, dict[str, Any], dict]:
     """The spec to build, its name, our metadata (for our files) and the weights in our names."""
     if source == "resnext" and obj.get("spec"):
+        check_metadata(obj)
         spec_dict = {**obj["spec"], "depths": tuple(obj["spec"]["depths"])}
         spec = ModelSpec(**{**spec_dict, **overrides})
         if model_name is not None and not same_architecture(spec, get_spec(model_name)):

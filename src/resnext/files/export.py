@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from resnext.errors import one_line
 from resnext.files.loader import load_model, model_metadata
-from resnext.files.model_file import save_safetensors
+from resnext.files.model_file import EXPORTED, file_kind, resolve, save_safetensors
 from resnext.files.programs import export_onnx, export_program, export_torchscript, spatial_minimum
 from resnext.files.weights import load_weights
 from resnext.models.model import ResNeXt
@@ -68,10 +68,11 @@ def _write(model, fmt, out, example, dynamic, spatial, metadata) -> None:
 
 
 def read_back(model: ResNeXt, path: Path, metadata: dict[str, Any] | None) -> nn.Module:
-    """The written file as `evaluate` will run it, through `load_model`; weights that record no
-    spec are loaded strictly into a new network of `model`'s spec."""
+    """The written file as `evaluate` will run it, through `load_model` (a program we have just
+    written is trusted); weights that record no spec are loaded strictly into a new network of
+    `model`'s spec."""
     if path.suffix != ".safetensors" or "spec" in (metadata or {}):
-        return load_model(path)
+        return load_model(path, trusted=True)
     twin = ResNeXt(model.spec)
     load_weights(twin, path)
     return twin.eval()
@@ -124,11 +125,12 @@ def export_model(
 
 
 def source_model(checkpoint: str | os.PathLike) -> ResNeXt:
-    """The network of a model file to export from; ValueError for a file already exported."""
-    model = load_model(checkpoint)
-    if not isinstance(model, ResNeXt):
-        raise ValueError(f"{checkpoint} is an exported file; export from the checkpoint instead")
-    return model
+    """The network of a model file to export from; ValueError for a file already exported,
+    refused unread (a program may run code)."""
+    path = resolve(checkpoint)
+    if (kind := file_kind(path)) in EXPORTED:
+        raise ValueError(f"{path} is an exported {kind} file; export from the checkpoint instead")
+    return load_model(path)
 
 
 def file_metadata(model: ResNeXt, precision: str) -> dict[str, Any]:

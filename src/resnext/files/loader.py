@@ -30,6 +30,7 @@ def load_model(
     source: str | os.PathLike,
     model_name: str | None = None,
     key: str | None = None,
+    trusted: bool = False,
     **overrides: Any,
 ) -> ResNeXt | nn.Module:
     """The network a model file holds, in eval mode, weights loaded strictly.
@@ -38,8 +39,8 @@ def load_model(
     metadata, or a bare state_dict), and bare or wrapped torchvision / timm / pycls state_dicts,
     whose spec is read from the tensor shapes. The files `resnext export` writes (.onnx,
     TorchScript, .pt2) come back as an `ExportedModel` that runs the file itself (ONNX through
-    ONNX Runtime), so what is evaluated is what is deployed. The model carries what evaluation
-    needs:
+    ONNX Runtime), so what is evaluated is what is deployed; TorchScript and .pt2 files are
+    programs, read only when `trusted`. The model carries what evaluation needs:
 
         model.spec           the ModelSpec it was built from
         model.preprocessing  a Preprocessing: the file's own, the one its source documents
@@ -50,6 +51,8 @@ def load_model(
         source: a model file (anything `resolve` accepts).
         model_name: registered variant to build a bare state_dict as (default: from the shapes).
         key: wrapper entry holding the weights, e.g. "model_ema".
+        trusted: read TorchScript and .pt2 files, whose loading can run any code they hold.
+            Weight files never run code, trusted or not.
         overrides: ModelSpec options for the built model, e.g. form="a".
 
     Raises:
@@ -59,10 +62,11 @@ def load_model(
     if (fmt := file_kind(path)) in EXPORTED:
         if model_name or key or overrides:
             raise CheckpointError(f"{path} is an exported {fmt} file; it takes no model options")
-        from resnext.files.programs import load_exported
+        from resnext.files.programs import check_runs, load_exported
 
-        model, meta = load_exported(path, fmt)
+        model, meta = load_exported(path, fmt, trusted)
         model.preprocessing = _preprocessing(meta, path, model.spec)
+        check_runs(model, path)
         return model.eval()
     obj = read_model_file(path)
     kind, source_name, documented = detect_source(obj, path)

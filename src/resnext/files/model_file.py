@@ -1,7 +1,7 @@
 """The one reader and writer of model files: .pt/.pth/.bin (torch) and .safetensors.
 
 `file_kind` also tells apart the files `resnext export` writes (ONNX, TorchScript, .pt2): they
-hold a program, not weights, and `load_model` runs them through files/exported.py.
+hold a program, not weights, and `load_model` runs them through files/programs.py.
 
 Nothing here executes code from a file: torch files are read with `weights_only=True`,
 safetensors files hold tensors and a JSON string only. What a file holds comes back as a
@@ -18,6 +18,7 @@ Training's `last.pt`/`best.pt` are written by files/checkpoint.py's atomic `save
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -34,6 +35,7 @@ from resnext.atomic import write_atomic
 from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.checkpoint import CheckpointError, save_checkpoint
+from resnext.models.zoo import ModelSpec
 
 SAFETENSORS_META_KEY = "resnext"
 # safetensors refuses a header over 100 MB (its MAX_HEADER_SIZE), so no such file has one.
@@ -147,6 +149,12 @@ def _archive_kind(path: Path) -> str:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError):
         return "torch"
+    except NotImplementedError as e:  # "zip file version 9.9": a feature no zip reader here has
+        raise CheckpointError(f"cannot read {path}: unsupported zip archive ({e})") from None
+    except UnicodeDecodeError as e:  # flagged UTF-8, and not
+        raise CheckpointError(
+            f"cannot read {path}: a zip member name is not UTF-8 (byte {e.start}: {e.reason})"
+        ) from None
     tails = {n.split("/", 1)[-1] for n in names}
     if "archive_format" in tails:
         return "exported-program"
@@ -191,6 +199,37 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         kind = type(extra).__name__
         raise CheckpointError(f"{path}: resnext metadata is a JSON {kind}, not an object")
     return {**extra, "model": tensors}
+
+
+# What each metadata field of our files holds when it is there (None: not recorded).
+METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "spec": (dict,),
+    "model_name": (str,),
+    "class_names": (list, tuple),
+    "preprocessing": (dict,),
+    "source": (dict, str),
+    "config": (dict,),
+    "metrics": (dict,),
+    "precision": (str,),
+    "input": (str,),
+}
+SPEC_KEYS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
+
+
+def check_metadata(meta: Mapping[str, Any]) -> None:
+    """ValueError naming the field if our metadata has a value of the wrong type or a spec key
+    ModelSpec does not know (a damaged or hand-edited file), before anything builds on it."""
+    for key, kinds in METADATA_TYPES.items():
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kinds):
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"metadata {key} must be a {want}, not {type(value).__name__}")
+    names = meta.get("class_names") or ()
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError("metadata class_names holds values that are not strings")
+    unknown = sorted(set(meta.get("spec") or ()) - SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown spec keys {unknown}; expected {sorted(SPEC_KEYS)}")
 
 
 def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,15 @@ preprocessing, `input` in words, precision) in ONNX `metadata_props` or, in Torc
 .pt2 archives, the extra file `META_FILE`. Reading: `load_exported` is the one runner of these
 files: `load_model` hands them here, so `evaluate`, `predict` and the checks of `resnext export`
 (fp32 and int8) all run the deployed file the same way: ONNX through ONNX Runtime, TorchScript
-through `torch.jit.load`, .pt2 through `torch.export.load`. Loading a TorchScript or .pt2 file
-runs the program it holds (TorchScript and ATen operators, no Python), which is what deploying
-it means; weight files never run code.
+through `torch.jit.load`, .pt2 through `torch.export.load`.
+
+TorchScript and .pt2 files are programs, read only when the caller trusts the file
+(`trusted=True`, the CLI's `--trust-file`). Reading a .pt2 can run any Python:
+torch.export.load unpickles sample inputs, weights and constants with `weights_only=False`
+when the safe load fails, and parses the graph's shape expressions with sympy, which calls
+`eval`. A TorchScript archive runs its own TorchScript (a class's `__setstate__`) as it loads.
+No scan of the pickles could tell such a file safe, so the whole format is refused. An ONNX
+file is a graph of ONNX operators that ONNX Runtime runs: no pickle, no Python, no trust needed.
 """
 
 from __future__ import annotations
@@ -20,18 +26,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from resnext.errors import one_line
 from resnext.extras import require
 from resnext.files.checkpoint import CheckpointError
+from resnext.files.model_file import check_metadata
 from resnext.files.runtimes import OnnxModel
 from resnext.models.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
 META_FILE = "resnext.json"  # the extra file of TorchScript and .pt2 archives
+PROGRAMS = ("torchscript", "exported-program")  # formats whose reading can run code
 ONNX_OPSET = 18  # >= 17; 18 is what torch's dynamo exporter targets natively
 
 
@@ -136,9 +145,16 @@ class ExportedModel(nn.Module):
         return self.run(x.to("cpu", torch.float32)).float().to(x.device)
 
 
-def load_exported(path: Path, fmt: str) -> tuple[ExportedModel, dict[str, Any]]:
+def load_exported(
+    path: Path, fmt: str, trusted: bool = False
+) -> tuple[ExportedModel, dict[str, Any]]:
     """The module of an exported file and its metadata; CheckpointError (one line) if the file
-    cannot be read or carries no resnext metadata."""
+    is a program not `trusted`, cannot be read or carries no resnext metadata."""
+    if fmt in PROGRAMS and not trusted:
+        raise CheckpointError(
+            f"refusing to load {path}: a {fmt} file is a program that can run code when loaded; "
+            "load it only from a source you trust, with --trust-file (trusted=True)"
+        )
     readers = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _program}
     try:
         run, meta = readers[fmt](path)
@@ -148,17 +164,49 @@ def load_exported(path: Path, fmt: str) -> tuple[ExportedModel, dict[str, Any]]:
         log.debug("reading %s failed", path, exc_info=True)
         why = f"truncated or corrupt {fmt} file ({one_line(e)})"
         raise CheckpointError(f"cannot read {path}: {why}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: resnext metadata is a JSON {type(meta).__name__}")
     if not meta.get("preprocessing"):
         raise CheckpointError(
             f"{path} carries no resnext preprocessing metadata (write it with `resnext export`)"
         )
-    return ExportedModel(run, fmt, meta), meta
+    try:
+        check_metadata(meta)
+        return ExportedModel(run, fmt, meta), meta
+    except (TypeError, ValueError) as e:  # a spec ModelSpec refuses
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def check_runs(model: ExportedModel, path: Path) -> None:
+    """Run an ONNX file once on zeros of its input's shape (one image at its own crop where a
+    dimension is dynamic): ONNX Runtime checks less when it opens a file than when it runs it
+    (a reshape to a size no batch can take), and the damage is then one line at load, not a
+    traceback at the first batch."""
+    if model.format != "onnx":
+        return
+    ort = require("onnxruntime", "export", "reading onnx files")
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the error comes back as the exception: no second copy
+    pre, session = model.preprocessing, model.run.session
+    wanted = (1, pre.channels, pre.crop, pre.crop)
+    declared = session.get_inputs()[0].shape
+    shape = [d if isinstance(d, int) else w for d, w in zip(declared, wanted, strict=False)]
+    try:
+        out = session.run(None, {model.run.input: np.zeros(shape, np.float32)}, quiet)[0]
+    except Exception as e:  # ONNX Runtime's own error types
+        raise CheckpointError(f"cannot run {path}: {one_line(e)}") from None
+    want = [shape[0], model.spec.num_classes if model.spec else out.shape[-1]]
+    if list(out.shape) != want:
+        raise CheckpointError(f"{path} gives outputs of shape {list(out.shape)}, not {want}")
 
 
 def _onnx(path: Path) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
     onnx = require("onnx", "export", "reading onnx files")
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: _json(p.value, path) for p in proto.metadata_props}
+    # Shapes inferred through the graph must agree with the initializers: ONNX Runtime runs
+    # a convolution whose weight was cut short without a word.
+    onnx.checker.check_model(proto, full_check=True)
     return OnnxModel(path, "onnxruntime"), meta
 
 

@@ -57,10 +57,14 @@ def predict_images(
 
 
 def predict_file(
-    source: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 5
+    source: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    top_k: int = 5,
+    trusted: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """`predict_images` with the model, preprocessing and class names of a model file."""
+    """`predict_images` with the model, preprocessing and class names of a model file
+    (`trusted`: run a TorchScript or .pt2 file, as `load_model` says)."""
     if top_k < 1:
         raise ValueError(f"--top-k must be positive, got {top_k}")
-    model = load_model(source)
+    model = load_model(source, trusted=trusted)
     return predict_images(model, model.preprocessing, paths, model.class_names, top_k)

@@ -27,6 +27,7 @@ def evaluate_checkpoint(
     batch_size: int = 100,
     workers: int | None = None,
     split: str = "auto",
+    trusted: bool = False,
 ) -> dict[str, Any]:
     """Top-1 and top-5 error (percent) of the model file at `path`.
 
@@ -44,10 +45,11 @@ def evaluate_checkpoint(
         ten_crop: average the softmax of four corner and centre crops and their mirrors.
         workers: decoding processes for a folder (None: cpus.default_workers, at most 4).
         split: "val", "test", or "auto" (datasets.held_out_split: a folder's val/, else test/).
+        trusted: run a TorchScript or .pt2 file (`load_model`'s `trusted`).
     """
     if resize is not None and resize < (crop or 0):
         raise ValueError(f"--resize {resize} is smaller than --crop {crop}")
-    model = load_model(path)
+    model = load_model(path, trusted=trusted)
     pre = model.preprocessing.with_view(resize, crop)
     ctx = setup("auto")
     # Files (a folder, shards) are read one by one, each decoded to the model's channels (a grey
