@@ -130,6 +130,8 @@ CASES = [
             "mean=0.5,0.5,0.5",
             "--set",
             "std=0.2,0.2,0.2",
+            "--batch-size",
+            "2",  # the folder's 3 images fill a batch
         ],
         "cannot resume: the checkpoint holds num_classes=10, in_channels=1; this run needs "
         "num_classes=3, in_channels=3",

@@ -260,7 +260,8 @@ def test_bad_images_count_in_metrics_and_error_mode_names_the_file(tmp_path, cap
     args = ["train", "--recipe", "tiny", "--dataset", "folder", "--data", str(tmp_path / "data"),
             "--epochs", "1", "--batch-size", "4", "--set", "train_size=32",
             "--set", "eval_resize=32", "--set", "eval_crop=32", "--set", "mean=0.5,0.5,0.5",
-            "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d"]  # fmt: skip
+            "--set", "std=0.25,0.25,0.25", "--set", "model=resnext11_2x8d",
+            "--set", "max_bad_fraction=1"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert metrics["bad_images"] == len(bad)

@@ -266,7 +266,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_run, capsys):
 
 def _with_an_infinite_image(monkeypatch, index: int) -> None:
     """Training images as floats with one +inf pixel: every batch holding it has a NaN loss."""
-    module = importlib.import_module("resnext.training.train")
+    module = importlib.import_module("resnext.training.inputs")
     real = module.load_dataset
 
     def load(name, root, split, *args):
@@ -354,7 +354,8 @@ def test_an_image_too_small_for_the_crop_is_a_bad_image(tmp_path, in_memory, cap
     data = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
     tiny = data / "train" / "cat" / "tiny.png"
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
-    base = ["train", *FOLDER, "--data", str(data), "--set", f"in_memory={in_memory}"]
+    base = ["train", *FOLDER, "--data", str(data), "--set", f"in_memory={in_memory}",
+            "--set", "max_bad_fraction=0.2"]  # 1 of 9 images  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="resnext.data.datasets"):
         assert main([*base, "--out", str(tmp_path / "run")]) == 0
     reason = "1x1 px, smaller than the 24 px the training crop needs"

@@ -263,7 +263,8 @@ def test_bad_samples_are_skipped_named_and_counted(packed, tmp_path, caplog):
     for name, path, batch in (("wds", wds, "17"), ("parquet", tmp_path / "pq", "16")):
         caplog.clear()
         with caplog.at_level("WARNING", logger="resnext"):
-            run = _train(name, path, tmp_path / f"run-{name}", "--batch-size", batch)
+            run = _train(name, path, tmp_path / f"run-{name}", "--batch-size", batch,
+                         "--set", "max_bad_fraction=0.2")  # fmt: skip
         warned = [m for m in caplog.messages if m.startswith("skipping bad image")]
         assert {m.split(" ")[3].rstrip(":") for m in warned} == bad[name]
         assert len(warned) == len(bad[name])  # one warning each
@@ -354,9 +355,9 @@ def test_tar_headers_are_read_as_tarfile_reads_them(tmp_path, fmt):
     with tarfile.open(path) as tar:
         ref = {m.name: (m.offset_data, m.size) for m in tar}
     got = scan_tar(path)
-    assert [key for key, _, _ in got] == keys
-    assert [image for _, image, _ in got] == [ref[f"{key}.jpg"] for key in keys]
-    assert [label for _, _, label in got] == [str(k).encode() for k in range(4)]
+    assert [s.name for s in got] == keys
+    assert [s.image for s in got] == [ref[f"{key}.jpg"] for key in keys]
+    assert [s.label for s in got] == [str(k).encode() for k in range(4)]
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])
@@ -381,6 +382,9 @@ def test_rows_are_read_straight_from_their_pages_as_pyarrow_reads_them(tmp_path,
     images = [{"bytes": rng.bytes(int(n)), "path": f"{k}.jpg"}
               for k, n in enumerate(rng.integers(0, 5000, 12))]  # fmt: skip
     images[3], images[7] = None, {"bytes": None, "path": "gone.jpg"}
+    # The first image readable: a split of none is refused.
+    write_photo_folder(tmp_path / "f", ["a"], 1, ("train",))
+    images[0]["bytes"] = (tmp_path / "f" / "train" / "a" / "0.jpg").read_bytes()
     table = pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()),
                                                             ("path", pa.string())])),
                       "label": pa.array([0] * 12, pa.int64())})  # fmt: skip

@@ -13,7 +13,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
     log_to_stderr(True)
     splits = pack_dataset(args.dataset, args.data, args.format, args.out, args.name,
-                          args.shard_size)  # fmt: skip
+                          args.shard_size, args.num_classes)  # fmt: skip
     total = sum(entry["num_samples"] for entry in splits.values())
     print(f"packed {total} images ({', '.join(splits)}) into {args.out}: "
           f"train with --dataset {args.format} --data {args.out}")  # fmt: skip
@@ -39,4 +39,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="a new (or empty) folder")
     p.add_argument("--name", default="", help="shard name prefix (default: --data's folder name)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard file")
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="classes of data that records no class names (0: from its labels)")  # fmt: skip
     p.set_defaults(func=cmd_pack)

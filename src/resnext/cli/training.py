@@ -74,6 +74,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{out} is already finished ({result['already_finished']} epochs); "
               "nothing to do (a larger --epochs continues it)")  # fmt: skip
         return
+    if result.get("val_split") == "none":
+        print(f"trained without a held-out split (val_split=none): top-1 error "
+              f"{result['train_top1_error']:.2f}% on the last epoch's training batches")  # fmt: skip
+        print(f"run directory: {out}")
+        print(f"plot: {out / 'errors.png'}")
+        return
     err, split = result["val_top1_error"], result.get("val_split", "held-out")
     top5 = result.get("val_top5_error")  # None below 5 classes: every label is in the top 5
     top5 = f"top-5 error {top5:.2f}%, " if top5 is not None else ""

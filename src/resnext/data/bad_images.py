@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 # What decoding raises for a missing, zero-byte, truncated or non-image file.
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+FIRST_NAMED = 3  # bad samples a message names
 
 
 class BadImageError(ValueError):
@@ -33,17 +34,26 @@ class BadImages:
 
     `on_bad` is "skip" or "error"; an image whose shorter side is below `min_size` is bad (the
     training crop cannot be cut from it), and so is one of more than `max_pixels` pixels.
+    `met` counts the bad samples met since `recount` (an epoch's, for training's limit), a file
+    met again counted again; `files` holds each once.
     """
 
     on_bad: str = "skip"
     min_size: int = 1
     max_pixels: int = MAX_PIXELS
     files: set[str] = field(default_factory=set)
+    met: int = 0
+    first: list[str] = field(default_factory=list)  # the first few met, named
+
+    def recount(self) -> None:
+        """Count the bad samples met from here on (an epoch's: training's max_bad_fraction)."""
+        self.met, self.first = 0, []
 
     def note(self, name: str, reason: str) -> None:
         """Skip a bad file with one warning, or raise if `on_bad` is "error"."""
         if self.on_bad == "error":
             raise BadImageError(f"bad image {name}: {reason} (bad_images=skip skips such files)")
+        self._count([name])
         if name not in self.files:
             self.files.add(name)
             log.warning("skipping bad image %s: %s", name, reason)
@@ -54,8 +64,18 @@ class BadImages:
         if self.on_bad == "error" or len(names) == 1:
             self.note(names[0], reason)
             return
+        self._count(names)
         self.files.update(names)
         log.warning("skipping %s", summary)
+
+    def _count(self, names: list[str]) -> None:
+        self.met += len(names)
+        self.first += names[: FIRST_NAMED - len(self.first)]
+
+    def named(self) -> str:
+        """The first few bad samples met since `recount`, for a message."""
+        more = ", ..." if self.met > len(self.first) else ""
+        return ", ".join(self.first) + more
 
     def size_problem(self, size: tuple[int, int]) -> str | None:
         """Why an image of `size` (width, height) is bad, or None."""

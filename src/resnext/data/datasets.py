@@ -24,11 +24,11 @@ import torch
 from resnext.data import folders, parquet, wds
 from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImageError, BadImages, NoSamples
 from resnext.data.images import MAX_PIXELS
-from resnext.data.memory import decode_once, hold_small
+from resnext.data.memory import decode_once, first_usable, hold_small
 from resnext.data.samples import ImageSet, Scan
 
-__all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "decode_once", "held_out_split",
-           "load_dataset"]  # fmt: skip
+__all__ = ["BAD_IMAGE_ERRORS", "BadImageError", "ImageSet", "NoHeldOut", "decode_once",
+           "held_out_split", "load_dataset"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def load_dataset(
     min_size: int = 1,
     memory_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    num_classes: int = 0,
     **deprecated,
 ) -> ImageSet:
     """Load `split` of a dataset by its `--dataset` name.
@@ -73,7 +74,9 @@ def load_dataset(
     Images whose shorter side is below `min_size` are bad images (skipped or fatal as
     `bad_images` says), as are those of more than `max_pixels` pixels. Images decoded into
     memory are brought to `memory_size` x `memory_size` (shorter side resized, centre crop) when
-    it is given (memory.py). (`size=` is the old name of `memory_size`.)
+    it is given (memory.py). Data that records no class names has `num_classes` classes
+    (0: as many as its labels run to, `class_names`). (`size=` is the old name of
+    `memory_size`.)
     """
     if "size" in deprecated:
         warnings.warn("load_dataset(size=) is now memory_size=", DeprecationWarning, stacklevel=2)
@@ -91,29 +94,36 @@ def load_dataset(
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}")
     bad = BadImages(bad_images, min_size, max_pixels)
-    return load_files(READERS[name].scan(root, split, bad), split, bad, in_memory, memory_size)
+    scan = READERS[name].scan(root, split, bad)
+    return load_files(scan, split, bad, in_memory, memory_size, num_classes)
 
 
-def load_files(
-    scan: Scan, split: str, bad: BadImages, in_memory: str, memory_size: int | None
-) -> ImageSet:
+def load_files(scan: Scan, split: str, bad: BadImages, in_memory: str, memory_size: int | None,
+               num_classes: int = 0) -> ImageSet:  # fmt: skip
     """The rules every file format shares, applied to what its reader found (vectorised: an
     ImageNet split is 1.28 M labels)."""
     labels = np.asarray(scan.labels, dtype=np.int64)
-    classes = scan.classes or numbered_classes(labels, scan.source)
+    classes = class_names(scan, labels, num_classes)
     keep = with_class(scan, labels, len(classes), bad)
     if not len(keep):
-        raise NoSamples(scan.empty)
+        raise NoSamples(no_samples(scan, bad))
     whole = len(keep) == len(labels)
     records = scan.records if whole else scan.records.take(keep.tolist())
     labels = torch.from_numpy(labels if whole else labels[keep])
     data = ImageSet(classes, labels, records=records, split=split, bad=bad)
-    data = hold_small(data, in_memory, memory_size)
+    # Images are read up to the first usable one: a split with none stops here, not after a
+    # "training" on nothing.
+    first = first_usable(data)
+    if first is None:
+        raise NoSamples(no_samples(scan, bad))
+    data = hold_small(data, in_memory, memory_size, first)
+    if not len(data):
+        raise NoSamples(no_samples(scan, bad))
     if scan.whole_classes is not None:
         counts = torch.bincount(data.labels, minlength=len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if len(empty) == len(classes):
-            raise NoSamples(scan.empty)
+            raise NoSamples(no_samples(scan, bad))
         if empty:
             raise ValueError(
                 f"class folder {scan.whole_classes / empty[0]} holds no readable images"
@@ -121,11 +131,33 @@ def load_files(
     return data
 
 
-def numbered_classes(labels: np.ndarray, source: str) -> list[str]:
-    """Classes named by their numbers, 0 to the largest label, where no names are recorded."""
-    count = int(labels.max()) + 1 if len(labels) else 0
-    log.info("%s: classes named by their numbers 0..%d", source, count - 1)
+def class_names(scan: Scan, labels: np.ndarray, num_classes: int = 0) -> list[str]:
+    """The names the files record; else `num_classes` classes named by their numbers; else,
+    where no count is given, 0 to the largest label, when the labels leave no gap: a gap means
+    a stray label (99999 among 0 and 1 would make a 100,000-class model), or classes unknown."""
+    if scan.classes:
+        return scan.classes
+    if num_classes:
+        return [str(i) for i in range(num_classes)]
+    used = np.unique(labels)
+    count = int(used[-1]) + 1 if len(used) else 0
+    if len(used) < count:
+        raise ValueError(
+            f"{scan.source} record no class names and their labels leave gaps: the largest is "
+            f"{count - 1}, {len(used)} distinct labels are used; give the class count "
+            f"(train: --set num_classes=N, pack: --num-classes N) or record the names "
+            f"({scan.names_where})"
+        )
+    log.info("%s record no class names: classes named by their numbers 0..%d", scan.source,
+             count - 1)  # fmt: skip
     return [str(i) for i in range(count)]
+
+
+def no_samples(scan: Scan, bad: BadImages) -> str:
+    """The message of a split without a readable, labelled image: how many were bad, which."""
+    if not bad.met:
+        return scan.empty
+    return f"{scan.empty}: all {bad.met} samples are bad ({bad.named()})"
 
 
 def with_class(scan: Scan, labels: np.ndarray, n: int, bad: BadImages) -> np.ndarray:
@@ -153,11 +185,15 @@ def held_out_split(name: str, root: str, asked: str = "auto") -> str:
     present = [s for s in reader.splits(root) if s != "train"]
     if not present:
         where = f"{root} does not exist" if root and not Path(root).exists() else "none found"
-        raise ValueError(f"no {reader.val} or test {reader.what} in {root!r} ({where})")
+        raise NoHeldOut(f"no {reader.val} or test {reader.what} in {root!r} ({where})")
     want = present[0] if asked == "auto" else "test" if asked == "test" else reader.val
     if want not in present:
-        raise ValueError(f"no {want} {reader.what} in {root} (it holds {', '.join(present)})")
+        raise NoHeldOut(f"no {want} {reader.what} in {root} (it holds {', '.join(present)})")
     return want
+
+
+class NoHeldOut(ValueError):
+    """The data set holds no held-out split of the kind asked for."""
 
 
 def splits_present(name: str, root: str) -> list[str]:

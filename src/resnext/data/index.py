@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -120,7 +121,8 @@ def _read(path: Path, key: dict, files: list[Path], rebuild) -> tuple[Scan, list
             return None
         labels = arrays.pop("labels")
         records = rebuild(files, {k[2:]: v for k, v in arrays.items() if k.startswith("r_")})
-        scan = Scan(records, labels, meta["classes"], meta["source"], meta["empty"])
+        scan = Scan(records, labels, meta["classes"], meta["source"], meta["empty"],
+                    meta["names_where"])  # fmt: skip
         return scan, meta["noted"]
     except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors on a torn file vary
         log.warning("the index %s is damaged (%s: %s): building it again", path,
@@ -146,7 +148,7 @@ def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, li
     found = scan(root, split, recorder)
     labels = np.asarray(found.labels, dtype=np.int64)
     meta = {"key": key, "classes": found.classes, "source": found.source, "empty": found.empty,
-            "noted": recorder.noted}  # fmt: skip
+            "names_where": found.names_where, "noted": recorder.noted}  # fmt: skip
     arrays = {**{f"r_{k}": v for k, v in found.records.to_arrays().items()}, "labels": labels,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}  # fmt: skip
     try:
@@ -154,7 +156,7 @@ def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, li
     except OSError as e:  # a full disk: this run goes on without an index
         log.warning("cannot write the index %s (%s): the next run scans again", path, e)
     _trim_heap()
-    return Scan(found.records, labels, found.classes, found.source, found.empty), recorder.noted
+    return dataclasses.replace(found, labels=labels), recorder.noted
 
 
 class _Recorder(BadImages):

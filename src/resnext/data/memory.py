@@ -24,17 +24,24 @@ log = logging.getLogger(__name__)
 SMALL_IMAGE = 64  # in_memory="auto" decodes into memory when images are at most this size
 
 
-def hold_small(data: ImageSet, in_memory: str, size: int | None = None) -> ImageSet:
+def hold_small(data: ImageSet, in_memory: str, size: int | None = None,
+               first: tuple[int, int] | None = None) -> ImageSet:  # fmt: skip
     """`data` with every image decoded into memory if asked ("yes") or if they are small
-    ("auto"), each brought to `size` x `size` when given (`_decode_every`); else `data`."""
-    if in_memory == "yes" or (in_memory == "auto" and is_small(data)):
+    ("auto": the first usable image, of size `first` when known, is at most SMALL_IMAGE), each
+    brought to `size` x `size` when given (`_decode_every`); else `data`."""
+    if in_memory == "auto" and first is None:
+        first = first_usable(data)
+    if in_memory == "yes" or (in_memory == "auto" and first and max(first) <= SMALL_IMAGE):
         images, kept = _decode_all(data, size)
         return data.replace(images=images, labels=data.labels[kept], records=None)
     return data
 
 
-def is_small(data: ImageSet) -> bool:
-    """Whether the first usable image is small enough to hold the set in memory."""
+def first_usable(data: ImageSet) -> tuple[int, int] | None:
+    """The size of the first usable image, read from its header (those before it noted as
+    bad); None when there is none."""
+    if data.images is not None:
+        return (data.images.shape[-1], data.images.shape[-2]) if len(data) else None
     for i in range(len(data)):
         try:
             source, name = data.open(i)
@@ -45,9 +52,9 @@ def is_small(data: ImageSet) -> bool:
             continue
         reason = data.bad.size_problem(size)
         if reason is None:
-            return max(size) <= SMALL_IMAGE
+            return size
         data.bad.note(name, reason)
-    return False
+    return None
 
 
 _decoded: dict | None = None  # set by `decode_once`

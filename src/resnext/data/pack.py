@@ -157,10 +157,12 @@ class _Progress:
 
 
 def pack_dataset(
-    dataset: str, root: str, fmt: str, out: str, name: str = "", shard_size: int = 1000, **old
-) -> dict[str, dict]:
+    dataset: str, root: str, fmt: str, out: str, name: str = "", shard_size: int = 1000,
+    num_classes: int = 0, **old,
+) -> dict[str, dict]:  # fmt: skip
     """Pack every split of a data set (folder, wds or parquet) into `out` as `fmt`, in shards of
-    `shard_size` samples (`size=` is its old name).
+    `shard_size` samples (`size=` is its old name); data that records no class names has
+    `num_classes` classes (0: as its labels say, datasets.class_names).
 
     Returns {split: its _info.json entry}. `out` must be new or empty, or hold a pack of the
     same arguments that stopped before its end: it then resumes after the last complete shard.
@@ -175,15 +177,19 @@ def pack_dataset(
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    if num_classes < 0:
+        raise ValueError(f"--num-classes must not be negative, got {num_classes}")
     target = Path(out)
     name = name or Path(root).resolve().name
     args = {"dataset": dataset, "root": str(Path(root).resolve()), "format": fmt, "name": name,
-            "shard_size": shard_size}  # fmt: skip
+            "shard_size": shard_size, "num_classes": num_classes}  # fmt: skip
     state = _resume_state(target, args)
     sources = []
     for s in splits_present(dataset, root):
+        # The held-out splits have the training split's classes, whatever labels they hold.
+        count = len(sources[0][1].classes) if sources else num_classes
         try:
-            sources.append((s, load_dataset(dataset, root, s, in_memory="no")))
+            sources.append((s, load_dataset(dataset, root, s, in_memory="no", num_classes=count)))
         except NoSamples as e:  # ImageNet's test split has no labels: nothing to train on
             if s == "train":
                 raise

@@ -3,6 +3,10 @@
     DIR/data/train-00000-of-00004.parquet ...   columns image {bytes, path} and label (int64)
     DIR/data/validation-00000-of-00001.parquet  the held-out split
 
+A row's image is its `bytes`; a row with a path and no bytes (what `datasets` writes from image
+files) is the file at that path, as `datasets` reads it: a relative path is looked up beside the
+parquet file, then in the working directory. A path that does not open is a bad sample.
+
 Class names come from the ClassLabel feature that the `datasets` library records in each
 file's schema metadata, under the "huggingface" key:
 `{"info": {"features": {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names":
@@ -59,7 +63,7 @@ class ParquetRecords(ShardRecords):
         self.chunks, self.max_def = chunks, max_def
         self.handles = OpenFiles(open_fd)  # every file, as the open-file limit allows
         # pyarrow's readers of foreign files (each holds its footer in memory), a few at a time;
-        # local["group"]: the last row group read, (file, row group, image bytes)
+        # local[COLUMN]: (file, row group, the column's values) of the last row group read
         self.tables = OpenFiles(_open_table, _OPEN_TABLES)
 
     def __len__(self) -> int:
@@ -71,9 +75,23 @@ class ParquetRecords(ShardRecords):
     def read(self, i: int) -> bytes:
         f, row = int(self.file[i]), int(self.row[i])
         value = self._direct(f, row) if self.chunks[f] is not None else self._by_pyarrow(f, row)
-        if value is None:
-            raise OSError("no image bytes in this row")
-        return value
+        return value if value is not None else self._from_path(f, row)
+
+    def _from_path(self, f: int, row: int) -> bytes:
+        """A row that holds a path and no bytes (`datasets` writes such rows from image files,
+        and reads them so): the file at the path, a relative one found beside the parquet
+        file, else in the working directory."""
+        path = self._column(f, row, "image.path")
+        if path is None:
+            raise OSError("no image bytes in this row, and no path")
+        found = Path(path)
+        if not found.is_absolute() and (self.files[f].parent / found).exists():
+            found = self.files[f].parent / found
+        try:
+            return found.read_bytes()
+        except OSError as e:
+            raise OSError(f"no image bytes in this row, and its path {path} does not open "
+                          f"({e.strerror or type(e).__name__})") from None  # fmt: skip
 
     def take(self, keep: list[int]) -> ParquetRecords:
         return ParquetRecords(self.files, self.file[keep], self.row[keep], self.starts,
@@ -109,19 +127,25 @@ class ParquetRecords(ShardRecords):
             return self._by_pyarrow(f, row)
 
     def _by_pyarrow(self, f: int, row: int) -> bytes | None:
+        return self._column(f, row, "image.bytes")
+
+    def _column(self, f: int, row: int, column: str) -> bytes | str | None:
+        """`column` ("image.bytes", "image.path") of a row, read by pyarrow a row group at a
+        time; each process keeps the last row group read of each column."""
         g = int(np.searchsorted(self.starts[f], row, side="right")) - 1
-        group = self.tables.local.get("group")
+        group = self.tables.local.get(column)
         if group is None or group[:2] != (f, g):
             try:
                 table = self.tables.get(self.files[f]).read_row_group(
                     g,
-                    columns=["image.bytes"],
+                    columns=[column],
                     use_threads=False,  # a worker is one core
                 )
             except Exception as e:  # noqa: BLE001 - pyarrow's errors are not OSErrors
                 raise OSError(f"cannot read row group {g}: {e}") from None
-            group = (f, g, table.column(0).combine_chunks().field("bytes"))
-            self.tables.local["group"] = group
+            leaf = column.split(".")[1]
+            group = (f, g, table.column(0).combine_chunks().field(leaf))
+            self.tables.local[column] = group
         return group[2][row - int(self.starts[f][g])].as_py()
 
 
@@ -217,8 +241,9 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     records = ParquetRecords(files, np.array(which, dtype=np.int32), np.array(rows, dtype=np.int64),
                              starts, chunks, max_def)  # fmt: skip
     classes = [str(n) for n in names] if names else None
-    return Scan(records, labels, classes, f"{root} (no ClassLabel names in its metadata)",
-                f"no readable rows in the {split} parquet files of {root}")  # fmt: skip
+    return Scan(records, labels, classes, f"the {split} parquet files of {root}",
+                f"no readable rows in the {split} parquet files of {root}",
+                "a ClassLabel feature for the label column, as `datasets` writes it")  # fmt: skip
 
 
 def _note_unlabelled(bad: BadImages, path: Path, rows: list[int], column: list) -> None:
@@ -242,6 +267,14 @@ def _check_columns(schema, path: Path) -> None:
     )
     if not has_bytes or "label" not in names:
         raise ValueError(f"expected columns image {{bytes, path}} and label, found {names}")
+    import pyarrow.types as kinds  # there once a file is read
+
+    label = schema.field("label").type
+    if not (kinds.is_integer(label) or kinds.is_null(label)):  # null: an unlabelled split
+        raise ValueError(
+            f"its label column holds {label} values; a label is an integer class index (an "
+            "integer column, as `datasets` writes a ClassLabel)"
+        )
 
 
 def label_names(metadata: dict | None) -> list[str] | None:

@@ -89,7 +89,7 @@ def common_classes(trained: list[str], held_out: list[str]) -> list[str] | None:
     """The classes a held-out set shares with a training set, or None if they differ.
 
     Shards that record no class names are named by their labels, 0 to the largest label of the
-    split read (datasets.numbered_classes): a small held-out split may lack the last classes,
+    split read (datasets.class_names): a small held-out split may lack the last classes,
     which is no disagreement.
     """
     if list(held_out) == list(trained):
@@ -114,4 +114,5 @@ class Scan:
     classes: list[str] | None
     source: str
     empty: str
+    names_where: str = ""
     whole_classes: Path | None = None

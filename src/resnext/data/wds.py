@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class TarRecords(ShardRecords):
 def load(root: str, split: str, bad: BadImages) -> Scan:
     """The samples of the `split` shards in `root`, from its index (data/index.py) when it
     matches the shards and _info.json, else scanned now (`scan`) and indexed."""
-    shards, _ = split_shards(root, split, read_info(root))
+    shards, _ = split_shards(root, split, read_info(root), warn=False)
     info = [Path(root) / INFO] if (Path(root) / INFO).is_file() else []
     return indexed_scan("wds", root, split, bad, shards, scan, TarRecords.from_arrays, info)
 
@@ -107,19 +108,30 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
                 f"shard {path} holds {len(samples)} samples where {INFO} says {lengths[s]} "
                 "(truncated or replaced: download or pack it again)"
             )
-        for key, image, label in samples:
-            reason = "no image" if image is None else _label_problem(label)
+        for sample in samples:
+            reason = sample.problem or ("no image" if sample.image is None else None)
+            reason = reason or _label_problem(sample.label)
             if reason is not None:
-                bad.note(f"{path}:{key}", reason)
+                bad.note(f"{path}:{sample.name}", reason)
                 continue
-            index.append((s, image[0], image[1], key))
-            labels.append(int(label))
+            index.append((s, *sample.image, sample.name))
+            labels.append(int(sample.label))
+    _check_count(root, split, info, sum(map(len, scanned)))
     s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                          np.array(nbytes, dtype=np.int64),
                          np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
-    return Scan(records, labels, _names(info.get("classes")), f"{root} ({INFO} names none)",
-                f"no readable samples in the {split} shards of {root}")  # fmt: skip
+    return Scan(records, labels, _names(info.get("classes")), f"the {split} shards of {root}",
+                f"no readable samples in the {split} shards of {root}",
+                f'"classes": [...] in {Path(root) / INFO}')  # fmt: skip
+
+
+def _check_count(root: str, split: str, info: dict, found: int) -> None:
+    """Warn where _info.json's num_samples is not what the shards hold (theirs is used)."""
+    claimed = info.get("splits", {}).get(split, {}).get("num_samples")
+    if claimed is not None and claimed != found:
+        log.warning("%s says the %s split holds %d samples; its shards hold %d (used)",
+                    Path(root) / INFO, split, claimed, found)  # fmt: skip
 
 
 def _names(classes: list | None) -> list[str] | None:
@@ -139,13 +151,48 @@ def read_info(root: str) -> dict:
         raise ValueError(f"cannot read {path}: {e}") from None
     if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict):
         raise ValueError(f"{path} is not a dataset info file (expected {{'splits': {{...}}}})")
+    classes = info.get("classes")
+    if classes is not None and not _list_of(classes, (str, int)):
+        raise ValueError(f"{path}: classes is {_shown(classes)}, not a list of class names")
+    for split, entry in info.get("splits", {}).items():
+        _check_split(entry, f"{path}: splits.{split}")
     return info
 
 
-def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[int]]:
+def _check_split(entry: object, where: str) -> None:
+    """A split entry as timm writes it: filenames, and sample counts that are integers."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is {_shown(entry)}, not {{'filenames': [...], ...}}")
+    if not _list_of(entry.get("filenames", []), str):
+        raise ValueError(f"{where}.filenames is {_shown(entry['filenames'])}, not a list of names")
+    lengths = entry.get("shard_lengths", [])
+    if not _list_of(lengths, int) or min(lengths, default=0) < 0:
+        raise ValueError(f"{where}.shard_lengths is {_shown(lengths)}, not a list of counts")
+    count = entry.get("num_samples", 0)
+    if not _list_of([count], int) or count < 0:
+        raise ValueError(f"{where}.num_samples is {_shown(count)}, not a count")
+
+
+def _list_of(value: object, kinds: type | tuple[type, ...]) -> bool:
+    """A list whose items are all of `kinds` (bool, a JSON true/false, is no int here)."""
+    return isinstance(value, list) and all(
+        isinstance(v, kinds) and not isinstance(v, bool) for v in value
+    )
+
+
+def _shown(value: object) -> str:
+    """A JSON value in a message: its type and the start of its text."""
+    text = json.dumps(value)
+    return f"a {type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def split_shards(
+    root: str, split: str, info: dict, warn: bool = True
+) -> tuple[list[Path], list[int]]:
     """The shard files of `split` in order, and their sample counts where _info.json gives them.
 
     Every shard _info.json lists must exist; without _info.json, `*-SPLIT-*.tar` in name order.
+    A count list of another length is warned about (`warn`: once, by the scan).
     """
     base = Path(root)
     entry = info.get("splits", {}).get(split)
@@ -161,7 +208,10 @@ def split_shards(root: str, split: str, info: dict) -> tuple[list[Path], list[in
     for p in shards:
         if not p.is_file():
             raise ValueError(f"shard {p} is missing ({INFO} lists it in the {split} split)")
-    lengths = [int(n) for n in entry.get("shard_lengths", [])]
+    lengths = entry.get("shard_lengths", [])
+    if lengths and len(lengths) != len(shards) and warn:
+        log.warning("%s lists %d shard_lengths for the %d %s shards it names (the shards' own "
+                    "counts are used)", base / INFO, len(lengths), len(shards), split)  # fmt: skip
     return shards, lengths if len(lengths) == len(shards) else []
 
 
@@ -191,12 +241,34 @@ def splits(root: str) -> list[str]:
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
-def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None]]:
-    """(key, (offset, size) of its image or None, its .cls bytes or None) per sample, in order.
+@dataclass(slots=True)
+class TarSample:
+    """One sample of a shard: a run of consecutive members with one key (webdataset's rule).
+
+    `name` is its key, or `KEY#N` for the Nth run of a key seen earlier in the shard (webdataset
+    reads that as another sample with the same key); `image` is (offset, size) of its image,
+    `label` its .cls bytes, `problem` why it cannot be paired (two members of one extension).
+    """
+
+    name: str
+    image: tuple[int, int] | None = None
+    label: bytes | None = None
+    problem: str | None = None
+
+
+_MAX_CLS = 32  # bytes of a .cls member read: an integer label is far shorter
+
+
+def scan_tar(path: Path) -> list[TarSample]:
+    """The samples of a shard in order, grouped as webdataset groups them: a sample is a run of
+    consecutive members with one key; a key met again after another is another sample; two
+    members of one key and extension in one run make that sample bad (never a mix).
 
     Raises ValueError naming the shard when it is not a tar or is truncated.
     """
-    samples: dict[str, list] = {}
+    samples: list[TarSample] = []
+    runs: dict[str, int] = {}  # key -> runs of members with that key so far
+    current, exts = None, set()  # the key of the run being read, and its extensions
     try:
         with open(path, "rb") as f:
             for name, offset, size in tar_members(f, path.stat().st_size):
@@ -204,22 +276,40 @@ def scan_tar(path: Path) -> list[tuple[str, tuple[int, int] | None, bytes | None
                 if found is None:
                     continue
                 key, ext = found.group(1), found.group(2).lower()
-                sample = samples.setdefault(key, [key, None, None])
-                if ext in _IMAGE_EXTS and sample[1] is None:
-                    sample[1] = (offset, size)
+                if key != current:
+                    current, runs[key], exts = key, runs.get(key, 0) + 1, set()
+                    samples.append(TarSample(key if runs[key] == 1 else f"{key}#{runs[key]}"))
+                sample = samples[-1]
+                if ext in exts:
+                    sample.problem = sample.problem or f"two {key}.{ext} members in one sample"
+                    continue
+                exts.add(ext)
+                if ext in _IMAGE_EXTS and sample.image is None:
+                    sample.image = (offset, size)
                 elif ext == "cls":
                     f.seek(offset)
-                    sample[2] = f.read(size)
+                    sample.label = f.read(min(size, _MAX_CLS + 1))
     except TarError as e:
         raise ValueError(f"shard {path} {e} (download or pack it again)") from None
     except OSError as e:
         raise ValueError(f"cannot read shard {path}: {e}") from None
-    return [tuple(s) for s in samples.values()]
+    _note_repeats(path, runs)
+    return samples
+
+
+def _note_repeats(path: Path, runs: dict[str, int]) -> None:
+    repeated = [k for k, n in runs.items() if n > 1]
+    if repeated:
+        log.warning("%s: %d keys (%s first) come back after other members: each run of members "
+                    "is a sample of its own (webdataset's rule), named KEY#2, ...", path,
+                    len(repeated), repeated[0])  # fmt: skip
 
 
 def _label_problem(label: bytes | None) -> str | None:
     if label is None:
         return "no .cls label"
+    if len(label) > _MAX_CLS:
+        return f"a .cls of more than {_MAX_CLS} bytes is not an integer label"
     try:
         value = int(label.decode().strip())
     except (UnicodeDecodeError, ValueError):

@@ -36,6 +36,7 @@ Optimizer = Literal["sgd", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 InMemory = Literal["auto", "yes", "no"]
 BadImages = Literal["skip", "error"]
+ValSplit = Literal["auto", "val", "test", "none"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,14 @@ class TrainConfig:
     download: bool = False
     in_memory: InMemory = "auto"
     bad_images: BadImages = "skip"  # bad image files: skip each with a warning, or stop
+    # Training stops (one line, exit 2) where more than this fraction of an epoch's images
+    # (or of the training split, at load) are bad: a few broken downloads pass, a wrong format
+    # or a broken disk does not train on the little that is left.
+    max_bad_fraction: float = 0.05
     max_pixels: int = MAX_PIXELS  # more (read from the header) makes a bad image: a pixel bomb
+    # Classes of data that records no names (numbered .cls / label values): 0 = 0 to the largest
+    # label, refused where the labels leave gaps (datasets.class_names).
+    num_classes: int = 0
     # Optimisation.
     epochs: int = 15
     batch_size: int = 64
@@ -89,6 +97,9 @@ class TrainConfig:
     mean: tuple[float, ...] = (0.305,)
     std: tuple[float, ...] = (0.376,)
     train_limit: int = 0
+    # The held-out split validated on: auto (val, else test), val, test, or none (no
+    # validation: metrics without val_*, and no best.pt).
+    val_split: ValSplit = "auto"
     val_limit: int = 0
     workers: int = 2
     # Model options a name does not fix.
@@ -126,7 +137,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("train_limit", "val_limit", "workers", "checkpoint_steps", "warmup_epochs"):
+        for name in ("train_limit", "val_limit", "workers", "checkpoint_steps", "warmup_epochs",
+                     "num_classes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.eval_resize < self.eval_crop:
@@ -135,6 +147,8 @@ class TrainConfig:
             raise ValueError("mean and std need one value per channel each")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of accum_steps")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("freeze_stages", "backbone_lr_scale"):  # fine-tuning

@@ -54,7 +54,10 @@ def evaluate_checkpoint(
     ctx = setup("auto")
     # Files (a folder, shards) are read one by one, each decoded to the model's channels (a grey
     # model evaluates colour images as grey, as predict reads them).
-    val = load_dataset(dataset, data, split, in_memory="no" if dataset in FILE_DATASETS else "auto")
+    # Data that records no class names has the model's classes (a label past them is bad).
+    count = getattr(getattr(model, "spec", None), "num_classes", 0) or len(model.class_names or [])
+    memory = "no" if dataset in FILE_DATASETS else "auto"
+    val = load_dataset(dataset, data, split, in_memory=memory, num_classes=count)
     if val.images is None:
         val = val.replace(decode_channels=pre.channels)
     _check_classes(model, val.classes, path, f"{dataset} {data!r}")

@@ -27,7 +27,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def plot_run(run_dir: str | os.PathLike) -> Path:
-    """Write `run_dir/errors.png`: training (thin) and validation (thick) top-1 error, in %."""
+    """Write `run_dir/errors.png`: training (thin) and validation (thick, where the run
+    validated) top-1 error, in %."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; files only
@@ -39,7 +40,8 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [r["train_top1_error"] for r in rows], lw=1, label="train")
-    ax.plot(epochs, [r["val_top1_error"] for r in rows], lw=2.5, label="val")
+    if all("val_top1_error" in r for r in rows):  # none with val_split=none
+        ax.plot(epochs, [r["val_top1_error"] for r in rows], lw=2.5, label="val")
     ax.set(xlabel="epochs", ylabel="top-1 error (%)", title=Path(run_dir).resolve().name)
     ax.grid(alpha=0.3)
     ax.legend()

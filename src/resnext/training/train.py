@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnext.data.batches import eval_batches, smallest_image, train_batches
-from resnext.data.datasets import ImageSet, load_dataset
-from resnext.data.samples import common_classes
+from resnext.data.batches import eval_batches, train_batches
+from resnext.data.datasets import ImageSet
 from resnext.files.checkpoint import remove_stale_temporaries
 from resnext.files.model_file import read_model_file
 from resnext.models.merged import merge_small_groups
@@ -40,6 +39,7 @@ from resnext.training.distributed import (
 )
 from resnext.training.engine import NonFiniteLoss, Trainee, evaluate, train_one_epoch
 from resnext.training.finetune import freeze_stages, start_from
+from resnext.training.inputs import check_bad_images, load_sets, untouched
 from resnext.training.optim import EMA, build_optimizer, lr_at
 from resnext.training.plot import plot_run
 from resnext.training.progress import Progress
@@ -109,7 +109,7 @@ def _train(
     board = Board(cfg, out, ctx.main)  # a missing tensorboard package fails before any work
     log.info("%s", sizes(cfg))
     seed_everything(cfg.seed, cfg.deterministic)
-    train_set, val_set = _load_data(cfg, ctx)
+    train_set, val_set = load_sets(cfg, ctx)
     spec = get_spec(
         cfg.model,
         num_classes=len(train_set.classes),
@@ -140,8 +140,9 @@ def _train(
     log.info("training %s on %d images (%d steps/epoch%s, %d process(es)) into %s",
              cfg.model, len(train_set), steps_per_epoch,
              _left_out(len(train_set), cfg.batch_size), ctx.world, out)  # fmt: skip
-    log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
-             _untouched(cfg, val_set.split))  # fmt: skip
+    if val_set is not None:
+        log.info("validating on the %s split (%d images)%s", val_set.split, len(val_set),
+                 untouched(cfg, val_set.split))  # fmt: skip
 
     def stopped(epoch: int, batch: int) -> TrainingStopped:
         # Mid-epoch: "during epoch 2, step 3/4"; at a boundary: "after epoch 2".
@@ -169,6 +170,7 @@ def _train(
         batches = train_batches(
             train_set, cfg.feed(), epoch, start_batch, ctx.rank, ctx.world, ctx.device
         )
+        train_set.bad.recount()
         metrics = {"epoch": epoch + 1, "lr": lr}
         try:
             with contextlib.closing(batches):  # an error mid-epoch stops the loader's workers
@@ -179,18 +181,24 @@ def _train(
             raise NonFiniteLoss(
                 f"{e} (epoch {epoch + 1}); last good checkpoint: {saver.last}"
             ) from None
+        read = (steps_per_epoch - start_batch) * cfg.batch_size
+        met = int(all_sum([train_set.bad.met], ctx.device)[0])
+        kept = saver.last if saver.last != "none" else "none written yet"
+        check_bad_images(train_set.bad, met, read, cfg, f"epoch {epoch + 1}", kept)
         start_batch, sums = 0, None
-        metrics |= _validate(t, val_set, cfg, ctx)
+        metrics |= _validate(t, val_set, cfg, ctx) if val_set is not None else {}
+        held_out = val_set.bad.files if val_set is not None else set()
         metrics |= {
-            "bad_images": len(train_set.bad.files | val_set.bad.files),
+            "bad_images": len(train_set.bad.files | held_out),
             "skipped_steps": t.skipped,
         }
-        saver.best = min(saver.best, metrics["val_top1_error"])
+        error = metrics.get("val_top1_error")  # None without a held-out split: no best.pt
+        saver.best = min(saver.best, error) if error is not None else saver.best
         if ctx.main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             saver.save("last.pt", epoch + 1, 0, metrics, None)
-            if metrics["val_top1_error"] <= saver.best:
+            if error is not None and error <= saver.best:
                 saver.save("best.pt", epoch + 1, 0, metrics, None)
             log.info(json.dumps(metrics))
             board.epoch(metrics, t.step)
@@ -200,6 +208,8 @@ def _train(
     board.close()
     if ctx.main:
         plot_run(out)  # the command line prints where (errors.png)
+    if val_set is None:
+        return {**metrics, "best_val_top1_error": None, "val_split": "none"}
     return {**metrics, "best_val_top1_error": saver.best, "val_split": val_set.split}
 
 
@@ -225,50 +235,6 @@ def _finished(ckpt: dict) -> dict[str, Any]:
     best = ckpt.get("best_val_top1_error")
     metrics = ckpt.get("metrics") or {}
     return {**metrics, "best_val_top1_error": best, "already_finished": int(ckpt["epoch"])}
-
-
-def _load_data(cfg: TrainConfig, ctx: Context) -> tuple[ImageSet, ImageSet]:
-    """Training and validation sets; in-memory images move to the device once."""
-    sets = []
-    # One size rule for crop_flip and none: images are brought to the training size as
-    # evaluation brings them (shorter side resized, centre crop), in memory or per file; the
-    # held-out set likewise when its view is square (eval_resize == eval_crop).
-    fixed = cfg.augment != "inception"
-    sizes = {"train": cfg.train_size if fixed else None}
-    sizes["auto"] = cfg.eval_crop if cfg.eval_resize == cfg.eval_crop else None
-    for split, limit in (("train", cfg.train_limit), ("auto", cfg.val_limit)):
-        smallest = smallest_image(cfg.feed()) if split == "train" else 1
-        data = load_dataset(
-            cfg.dataset, cfg.data, split, cfg.in_memory, cfg.download, cfg.bad_images, smallest,
-            sizes[split], cfg.max_pixels,
-        )  # fmt: skip
-        sets.append(data.subset(limit).to(ctx.device))
-    train_set, val_set = sets
-    classes = common_classes(train_set.classes, val_set.classes)
-    if classes is None:
-        raise ValueError("the training and validation sets have different classes")
-    val_set = val_set.replace(classes=classes)
-    if len(cfg.mean) != train_set.channels:
-        raise ValueError(f"mean/std have {len(cfg.mean)} values for {train_set.channels} channels")
-    memory = train_set.images is not None and cfg.augment != "inception"
-    if memory and train_set.images.shape[-1] != cfg.train_size:
-        raise ValueError(
-            f"images are {train_set.images.shape[-1]} px but train_size={cfg.train_size}; "
-            "set train_size (and eval_resize, eval_crop) to match"
-        )
-    if fixed and train_set.images is None:
-        log.info("training images are brought to %d px as evaluation brings them (shorter side "
-                 "resized to %d, centre crop)", cfg.train_size, cfg.train_size)  # fmt: skip
-    if cfg.batch_size % (ctx.world * cfg.accum_steps):
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x accum_steps")
-    return train_set, val_set
-
-
-def _untouched(cfg: TrainConfig, split: str) -> str:
-    """A note when a folder's test/ split stays unused because val/ is there."""
-    if split != "val" or cfg.dataset != "folder" or not (Path(cfg.data) / "test").is_dir():
-        return ""
-    return f"; {Path(cfg.data) / 'test'} stays untouched (evaluate --split test measures it)"
 
 
 def _build(spec: Any, cfg: TrainConfig, ctx: Context) -> Trainee:
