@@ -7,16 +7,18 @@ Makes (or reuses, under --root) a synthetic ImageNet-1k in both formats (synthet
 1,281,167 + 50,000 tiny JPEGs in 1,024 + 64 shards), then measures for WebDataset shards and
 parquet, with 1 rank and with 2 (`torchrun --standalone`, gloo on the CPU):
 
-- index build: `load_dataset(FMT, ROOT, "train", in_memory="no")` timed in a fresh process (with
-  2 ranks: in each rank of the run, the slowest given); cached index load: the same again in a
-  second fresh process, where a cached index would be read;
+- index build: `load_dataset(FMT, ROOT, "train", in_memory="no")` timed in a fresh process with
+  the split's index (data/index.py) removed; cached index load: the same again in a second fresh
+  process, which reads the index the first one wrote (and, in brackets, the slowest rank's load
+  inside the training run);
 - start to first step: wall time from starting `resnext train` (recipe imagenet at 16 px, a tiny
   model, 4 workers per rank) to its first step's log line;
 - main RSS (VmRSS, and the peak VmHWM) when both splits are loaded; each worker's private
   memory (USS: Private_* of /proc/PID/smaps_rollup) after --steps steps;
 - shard opens per image: strace on one worker of rank 0 from the first step for --trace-steps
   steps; its opens of shard files over its positioned reads (one per image);
-- header scans: the ranks that read the shards' headers, and their CPU seconds together.
+- ranks that scanned the headers: counted from the run's log; with 2 ranks the run is made once
+  with the index in place and once without (`(no index)`: one rank builds it, the other waits).
 
 Needs strace (Debian: `apt-get install strace`). Prints one markdown table with the CPU
 (`lscpu`), the date and the load average. The page cache
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -88,7 +91,13 @@ def rank(report: Path, argv: list[str]) -> int:
     import resnext.training.train as training
     from resnext.cli import main
 
-    real, loads = training.load_dataset, []
+    real, loads, built = training.load_dataset, [], []
+
+    class Built(logging.Handler):  # the log of ranks other than 0 is not printed
+        def emit(self, record: logging.LogRecord) -> None:
+            built.append("indexing the train split" in record.getMessage())
+
+    logging.getLogger("resnext.data.index").addHandler(Built(logging.INFO))
 
     def timed(*args, **kwargs):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -96,7 +105,7 @@ def rank(report: Path, argv: list[str]) -> int:
         loads.append({"split": data.split, "seconds": time.perf_counter() - wall,
                       "cpu_seconds": time.process_time() - cpu})  # fmt: skip
         if len(loads) == 2:  # training and validation: what the run holds from here on
-            out = {"pid": os.getpid(), "loads": loads, **memory()}
+            out = {"pid": os.getpid(), "loads": loads, "scanned": sum(built), **memory()}
             name = report / f"rank{os.environ.get('RANK', '0')}.json"
             name.with_suffix(".tmp").write_text(json.dumps(out))
             name.with_suffix(".tmp").replace(name)
@@ -116,7 +125,7 @@ class Log:
     """A process's output read on a thread: when each training step's line arrived."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.steps, self.tail = proc, {}, []
+        self.proc, self.steps, self.tail, self.indexed = proc, {}, [], 0
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -125,6 +134,7 @@ class Log:
             found = STEP.search(line)
             if found:
                 self.steps.setdefault(int(found.group(1)), time.time())
+            self.indexed += "indexing the train split" in line  # a rank scanned the headers
             self.tail = [*self.tail[-40:], line]
 
     def wait(self, step: int, timeout: float) -> float:
@@ -151,9 +161,11 @@ def opens_per_image(worker: int, log: Log, until: int, timeout: float, trace: Pa
         strace.wait(30)
     text = trace.read_text()
     opened = re.findall(r'\bopen(?:at)?\((?:AT_FDCWD, )?"([^"]*)"', text)
-    shard_opens = sum(p.endswith((".tar", ".parquet")) for p in opened)
+    shards = [p for p in opened if p.endswith((".tar", ".parquet"))]
+    shard_opens = len(shards)
     reads = len(re.findall(r"\bpread64\(", text))
-    return {"shard_opens": shard_opens, "opens": len(opened), "reads": reads,
+    return {"shard_opens": shard_opens, "distinct_shards": len(set(shards)), "opens": len(opened),
+            "reads": reads,
             "closes": len(re.findall(r"\bclose\(", text)), "seconds": time.time() - began,
             "per_image": shard_opens / reads if reads else None}  # fmt: skip
 
@@ -171,6 +183,11 @@ def kill(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def drop_index(fmt: str, root: Path) -> None:
+    """Remove the split indexes (data/index.py) so that the next load builds them."""
+    shutil.rmtree(root / fmt / "_index", ignore_errors=True)
 
 
 def train_run(fmt: str, root: Path, ranks: int, args: argparse.Namespace) -> dict:
@@ -204,7 +221,7 @@ def train_run(fmt: str, root: Path, ranks: int, args: argparse.Namespace) -> dic
         shutil.rmtree(work, ignore_errors=True)
     train_loads = [next(x for x in r["loads"] if x["split"] == "train") for r in reports]
     return {"first_step": first, "ranks": reports, "train_loads": train_loads, "opens": opens,
-            "worker_uss": uss, "rss_at_steps": now}  # fmt: skip
+            "worker_uss": uss, "rss_at_steps": now, "scanned": log.indexed}  # fmt: skip
 
 
 def cpu() -> tuple[str, list[str], list[str]]:
@@ -223,25 +240,26 @@ def table(results: dict, args: argparse.Namespace) -> str:
     """The markdown table of every (format, ranks) measured."""
     rows = ["| format | ranks | index build, s (CPU s) | cached index load, s | start to first "
             f"step, s | main RSS after loading, MiB (peak) | worker USS after {args.steps} "
-            "steps, MiB (mean / max) | shard opens per image (one worker) | header scans: "
-            "ranks, CPU s all together |",
+            "steps, MiB (mean / max) | shard opens per image (one worker) | ranks that "
+            "scanned the headers |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    for (fmt, ranks), r in results.items():
+    for (fmt, ranks, cold), r in results.items():
         loads, fresh = r["train_loads"], r["fresh"]
-        if ranks == 1:
+        slow = max(loads, key=lambda x: x["seconds"])
+        took = f"{slow['seconds']:.1f} ({slow['cpu_seconds']:.1f})"
+        if cold:  # no index when the run starts: it is built in the run
+            build, cached = f"{took} in the run, slowest rank", "-"
+        else:
             build = f"{fresh[0]['seconds']:.1f} ({fresh[0]['cpu_seconds']:.1f})"
-            cached = f"{fresh[1]['seconds']:.1f} (no cache: rebuilt)"
-        else:  # in the run, every rank at once
-            slow = max(loads, key=lambda x: x["seconds"])
-            build = f"{slow['seconds']:.1f} ({slow['cpu_seconds']:.1f}) per rank, at once"
-            cached = "none: each rank rebuilds"
+            cached = f"{fresh[1]['seconds']:.1f} (in the run: {took})"
         rss = max(r["ranks"], key=lambda x: x["VmRSS"])
         uss = r["worker_uss"]
         o = r["opens"]
         per = f"{o['per_image']:.2f}" if o["per_image"] is not None else "-"
-        scans = f"{len(loads)}, {sum(x['cpu_seconds'] for x in loads):.1f}"
+        per += f", {o['distinct_shards']} shards"
+        scans = f"{sum(x['scanned'] for x in r['ranks'])} of {ranks}"
         rows.append(
-            f"| {fmt} | {ranks} | {build} | {cached} | {r['first_step']:.1f} | "
+            f"| {fmt} | {ranks}{' (no index)' if cold else ''} | {build} | {cached} | {r['first_step']:.1f} | "
             f"{rss['VmRSS']:.0f} ({rss['VmHWM']:.0f}) | {sum(uss) / len(uss):.1f} / "
             f"{max(uss):.1f} ({len(uss)}) | {per} ({o['shard_opens']} of {o['reads']} "
             f"reads, {o['opens']} opens, {o['closes']} closes in {o['seconds']:.0f} s) | "
@@ -273,11 +291,17 @@ def main() -> None:
         print(f"tree: {json.dumps(tree)}", flush=True)
         results = {}
         for fmt in args.formats.split(","):
-            fresh = [fresh_load(fmt, root) for _ in range(2)]
+            drop_index(fmt, root)
+            fresh = [fresh_load(fmt, root) for _ in range(2)]  # the index built, then read
             print(f"{fmt}: fresh loads {json.dumps(fresh)}", flush=True)
-            for ranks in map(int, args.ranks.split(",")):
-                results[fmt, ranks] = {"fresh": fresh, **train_run(fmt, root, ranks, args)}
-                print(f"{fmt}, {ranks} rank(s): {json.dumps(results[fmt, ranks])}", flush=True)
+            runs = [(r, False) for r in map(int, args.ranks.split(","))]
+            for ranks, cold in [*runs, *((r, True) for r, _ in runs if r > 1)]:
+                if cold:
+                    drop_index(fmt, root)
+                key = (fmt, ranks, cold)
+                results[key] = {"fresh": fresh, **train_run(fmt, root, ranks, args)}
+                print(f"{fmt}, {ranks} rank(s), cold={cold}: {json.dumps(results[key])}",
+                      flush=True)  # fmt: skip
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
@@ -290,7 +314,7 @@ def main() -> None:
           f"{max(tree['image_bytes'])} bytes\n")  # fmt: skip
     print(table(results, args))
     if args.json:
-        rows = [{"format": f, "ranks": r, **v} for (f, r), v in results.items()]
+        rows = [{"format": f, "ranks": r, "no_index": c, **v} for (f, r, c), v in results.items()]
         Path(args.json).write_text(json.dumps({"tree": tree, "runs": rows}, indent=1) + "\n")
 
 
