@@ -17,7 +17,7 @@ parquet, with 1 rank and with 2 (`torchrun --standalone`, gloo on the CPU):
   memory (USS: Private_* of /proc/PID/smaps_rollup) after --steps steps;
 - shard opens per image: strace on one worker of rank 0 from the first step for --trace-steps
   steps; its opens of shard files over its positioned reads (one per image);
-- ranks that scanned the headers: counted from the run's log; with 2 ranks the run is made once
+- ranks that scanned the headers: each rank counts its own index builds; with 2 ranks the run is made once
   with the index in place and once without (`(no index)`: one rank builds it, the other waits).
 
 Needs strace (Debian: `apt-get install strace`). Prints one markdown table with the CPU
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shutil
@@ -88,16 +87,18 @@ def probe(fmt: str, root: str) -> None:
 
 def rank(report: Path, argv: list[str]) -> int:
     """`resnext train` in this process, with its data loading timed: report/rank{RANK}.json."""
-    import resnext.training.train as training
+    import resnext.data.index as index
+    import resnext.training.inputs as training
     from resnext.cli import main
 
     real, loads, built = training.load_dataset, [], []
+    build = index._build
 
-    class Built(logging.Handler):  # the log of ranks other than 0 is not printed
-        def emit(self, record: logging.LogRecord) -> None:
-            built.append("indexing the train split" in record.getMessage())
+    def counted(*args, **kwargs):  # this rank scans the headers (the log of ranks > 0 is quiet)
+        built.append(True)
+        return build(*args, **kwargs)
 
-    logging.getLogger("resnext.data.index").addHandler(Built(logging.INFO))
+    index._build = counted
 
     def timed(*args, **kwargs):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -125,7 +126,7 @@ class Log:
     """A process's output read on a thread: when each training step's line arrived."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.steps, self.tail, self.indexed = proc, {}, [], 0
+        self.proc, self.steps, self.tail = proc, {}, []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -134,7 +135,6 @@ class Log:
             found = STEP.search(line)
             if found:
                 self.steps.setdefault(int(found.group(1)), time.time())
-            self.indexed += "indexing the train split" in line  # a rank scanned the headers
             self.tail = [*self.tail[-40:], line]
 
     def wait(self, step: int, timeout: float) -> float:
@@ -221,7 +221,7 @@ def train_run(fmt: str, root: Path, ranks: int, args: argparse.Namespace) -> dic
         shutil.rmtree(work, ignore_errors=True)
     train_loads = [next(x for x in r["loads"] if x["split"] == "train") for r in reports]
     return {"first_step": first, "ranks": reports, "train_loads": train_loads, "opens": opens,
-            "worker_uss": uss, "rss_at_steps": now, "scanned": log.indexed}  # fmt: skip
+            "worker_uss": uss, "rss_at_steps": now}  # fmt: skip
 
 
 def cpu() -> tuple[str, list[str], list[str]]:
