@@ -32,7 +32,7 @@ from resnext.data.samples import Scan
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: a scan records where its labels came from (.cls or .json)
 FOLDER = "_index"
 
 
@@ -122,7 +122,7 @@ def _read(path: Path, key: dict, files: list[Path], rebuild) -> tuple[Scan, list
         labels = arrays.pop("labels")
         records = rebuild(files, {k[2:]: v for k, v in arrays.items() if k.startswith("r_")})
         scan = Scan(records, labels, meta["classes"], meta["source"], meta["empty"],
-                    meta["names_where"])  # fmt: skip
+                    meta["names_where"], labels_from=meta["labels_from"])  # fmt: skip
         return scan, meta["noted"]
     except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors on a torn file vary
         log.warning("the index %s is damaged (%s: %s): building it again", path,
@@ -148,7 +148,8 @@ def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, li
     found = scan(root, split, recorder)
     labels = np.asarray(found.labels, dtype=np.int64)
     meta = {"key": key, "classes": found.classes, "source": found.source, "empty": found.empty,
-            "names_where": found.names_where, "noted": recorder.noted}  # fmt: skip
+            "names_where": found.names_where, "labels_from": found.labels_from,
+            "noted": recorder.noted}  # fmt: skip
     arrays = {**{f"r_{k}": v for k, v in found.records.to_arrays().items()}, "labels": labels,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}  # fmt: skip
     try:

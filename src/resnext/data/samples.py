@@ -106,7 +106,8 @@ class Scan:
     its records in order, their labels, and the class names the files record (None: none).
 
     `source` names the data in messages; `empty` is the message when no sample is left;
-    `whole_classes`, where every named class must keep an image (a folder), names its folder.
+    `whole_classes`, where every named class must keep an image (a folder), names its folder;
+    `labels_from` says where the labels were read (logged at every load).
     """
 
     records: Records
@@ -116,3 +117,4 @@ class Scan:
     empty: str
     names_where: str = ""
     whole_classes: Path | None = None
+    labels_from: str = ""

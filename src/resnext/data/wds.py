@@ -3,7 +3,8 @@
     DIR/_info.json                    {"name", "splits": {split: {"name", "num_samples",
                                        "filenames", "shard_lengths"}}} as timm's reader_wds reads
                                        it; ours adds "classes" (timm ignores keys it does not use)
-    DIR/NAME-train-0000.tar ...       samples KEY.jpg (or .png, .webp) + KEY.cls (its label)
+    DIR/NAME-train-0000.tar ...       samples KEY.jpg (or .png, .webp) + KEY.cls (its label),
+                                       or a label in KEY.json (data/wds_labels.py)
     DIR/NAME-validation-0000.tar ...  the held-out split
 
 Each tar's member headers are read once when the set loads (data/tar.py), keeping each image's
@@ -29,6 +30,7 @@ from resnext.data.index import indexed_scan
 from resnext.data.records import OpenFiles, ShardRecords, open_fd
 from resnext.data.samples import Scan
 from resnext.data.tar import TarError, tar_members
+from resnext.data.wds_labels import MAX_CLS, MAX_JSON, labels_from, sample_label
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,10 @@ def load(root: str, split: str, bad: BadImages) -> Scan:
     matches the shards and _info.json, else scanned now (`scan`) and indexed."""
     shards, _ = split_shards(root, split, read_info(root), warn=False)
     info = [Path(root) / INFO] if (Path(root) / INFO).is_file() else []
-    return indexed_scan("wds", root, split, bad, shards, scan, TarRecords.from_arrays, info)
+    found = indexed_scan("wds", root, split, bad, shards, scan, TarRecords.from_arrays, info)
+    if found.labels_from:
+        log.info("%s: %s", found.source, found.labels_from)
+    return found
 
 
 def scan(root: str, split: str, bad: BadImages) -> Scan:
@@ -96,12 +101,14 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     """
     info = read_info(root)
     shards, lengths = split_shards(root, split, info)
+    field = info.get("splits", {}).get(split, {}).get("alt_label") or None  # timm's key
+    sources: dict[str, int] = {}
     index: list[tuple[int, int, int, str]] = []
     labels: list[int] = []
     # Threads overlap the reads of many shards: on a network file system each header is a
     # round trip, and reading releases the GIL.
     with ThreadPoolExecutor(_SCAN_THREADS) as pool:
-        scanned = list(pool.map(scan_tar, shards))
+        scanned = list(pool.map(lambda p: scan_tar(p, field), shards))
     for s, (path, samples) in enumerate(zip(shards, scanned)):
         if lengths and len(samples) != lengths[s]:
             raise ValueError(
@@ -109,13 +116,15 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
                 "(truncated or replaced: download or pack it again)"
             )
         for sample in samples:
+            label, where = sample_label(sample.label, sample.meta, field)
             reason = sample.problem or ("no image" if sample.image is None else None)
-            reason = reason or _label_problem(sample.label)
+            reason = reason or (where if label is None else None)
             if reason is not None:
                 bad.note(f"{path}:{sample.name}", reason)
                 continue
             index.append((s, *sample.image, sample.name))
-            labels.append(int(sample.label))
+            labels.append(label)
+            sources[where] = sources.get(where, 0) + 1
     _check_count(root, split, info, sum(map(len, scanned)))
     s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
@@ -123,7 +132,8 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
                          np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
     return Scan(records, labels, _names(info.get("classes")), f"the {split} shards of {root}",
                 f"no readable samples in the {split} shards of {root}",
-                f'"classes": [...] in {Path(root) / INFO}')  # fmt: skip
+                f'"classes": [...] in {Path(root) / INFO}',
+                labels_from=labels_from(sources) if sources else "")  # fmt: skip
 
 
 def _check_count(root: str, split: str, info: dict, found: int) -> None:
@@ -168,6 +178,8 @@ def _check_split(entry: object, where: str) -> None:
     lengths = entry.get("shard_lengths", [])
     if not _list_of(lengths, int) or min(lengths, default=0) < 0:
         raise ValueError(f"{where}.shard_lengths is {_shown(lengths)}, not a list of counts")
+    if not isinstance(entry.get("alt_label", ""), str):
+        raise ValueError(f"{where}.alt_label is {_shown(entry['alt_label'])}, not a field name")
     count = entry.get("num_samples", 0)
     if not _list_of([count], int) or count < 0:
         raise ValueError(f"{where}.num_samples is {_shown(count)}, not a count")
@@ -247,26 +259,27 @@ class TarSample:
 
     `name` is its key, or `KEY#N` for the Nth run of a key seen earlier in the shard (webdataset
     reads that as another sample with the same key); `image` is (offset, size) of its image,
-    `label` its .cls bytes, `problem` why it cannot be paired (two members of one extension).
+    `label` its .cls bytes, `meta` its .json bytes, `problem` why it cannot be paired (two members of one extension).
     """
 
     name: str
     image: tuple[int, int] | None = None
     label: bytes | None = None
+    meta: bytes | None = None
     problem: str | None = None
 
 
-_MAX_CLS = 32  # bytes of a .cls member read: an integer label is far shorter
-
-
-def scan_tar(path: Path) -> list[TarSample]:
+def scan_tar(path: Path, field: str | None = None) -> list[TarSample]:
     """The samples of a shard in order, grouped as webdataset groups them: a sample is a run of
     consecutive members with one key; a key met again after another is another sample; two
     members of one key and extension in one run make that sample bad (never a mix).
 
-    Raises ValueError naming the shard when it is not a tar or is truncated.
+    A sample's .json is read where its label comes from it: `field` (the split's alt_label) is
+    set, or the sample has no .cls. Raises ValueError naming the shard when it is not a tar or
+    is truncated.
     """
     samples: list[TarSample] = []
+    metas: list[tuple[TarSample, int, int]] = []  # each .json: its sample, offset, size
     runs: dict[str, int] = {}  # key -> runs of members with that key so far
     current, exts = None, set()  # the key of the run being read, and its extensions
     try:
@@ -288,7 +301,13 @@ def scan_tar(path: Path) -> list[TarSample]:
                     sample.image = (offset, size)
                 elif ext == "cls":
                     f.seek(offset)
-                    sample.label = f.read(min(size, _MAX_CLS + 1))
+                    sample.label = f.read(min(size, MAX_CLS + 1))
+                elif ext == "json":
+                    metas.append((sample, offset, size))
+            for sample, offset, size in metas:
+                if field is not None or sample.label is None:
+                    f.seek(offset)
+                    sample.meta = f.read(min(size, MAX_JSON + 1))
     except TarError as e:
         raise ValueError(f"shard {path} {e} (download or pack it again)") from None
     except OSError as e:
@@ -303,15 +322,3 @@ def _note_repeats(path: Path, runs: dict[str, int]) -> None:
         log.warning("%s: %d keys (%s first) come back after other members: each run of members "
                     "is a sample of its own (webdataset's rule), named KEY#2, ...", path,
                     len(repeated), repeated[0])  # fmt: skip
-
-
-def _label_problem(label: bytes | None) -> str | None:
-    if label is None:
-        return "no .cls label"
-    if len(label) > _MAX_CLS:
-        return f"a .cls of more than {_MAX_CLS} bytes is not an integer label"
-    try:
-        value = int(label.decode().strip())
-    except (UnicodeDecodeError, ValueError):
-        return f"label {label[:20]!r} is not an integer"
-    return None if value >= 0 else f"label {value} (unlabelled)"
