@@ -22,8 +22,10 @@ each process keeps its last row group, so evaluation, which reads in order, read
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,8 @@ from resnext.data.pages import PageError, plain_value
 from resnext.data.records import OpenFiles, ShardRecords, open_fd
 from resnext.data.samples import Scan
 from resnext.extras import require
+
+log = logging.getLogger(__name__)
 
 VAL = "validation"  # the held-out split's name
 _OPEN_TABLES = 16  # pyarrow readers of foreign files kept open per process
@@ -203,7 +207,23 @@ def load(root: str, split: str, bad: BadImages) -> Scan:
     matches the files, else scanned now (`scan`) and indexed."""
     pyarrow_parquet()  # the one-line hint now, not in a worker at the first foreign row
     files = parquet_files(root, split)
-    return indexed_scan("parquet", root, split, bad, files, scan, ParquetRecords.from_arrays)
+    found = indexed_scan("parquet", root, split, bad, files, scan, ParquetRecords.from_arrays)
+    _warn_foreign(root, split, found.records)
+    return found
+
+
+def _warn_foreign(root: str, split: str, records: ParquetRecords) -> None:
+    """Files not in pack's layout are read a row group per image in a shuffled epoch (7.9 ms
+    an image for 100-row groups against 0.03 ms packed): say so once per load, with the fix."""
+    foreign = [f for f, c in zip(records.files, records.chunks) if c is None]
+    if not foreign:
+        return
+    out = f"{os.path.normpath(root)}-packed"
+    command = shlex.join(["resnext", "pack", "--dataset", "parquet", "--data", root,
+                          "--format", "parquet", "--out", out])  # fmt: skip
+    log.warning("%d of the %d %s parquet files of %s (%s first) are read a whole row group per "
+                "image in a shuffled epoch (slow): pack them once for one read per image: %s",
+                len(foreign), len(records.files), split, root, foreign[0], command)  # fmt: skip
 
 
 def scan(root: str, split: str, bad: BadImages) -> Scan:

@@ -1,0 +1,42 @@
+"""Parquet files not in `resnext pack`'s layout (data/parquet.py): a warning with the command
+that packs them, at every load; an abort inside pyarrow while the index is built is one line."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from resnext.cli import build_parser, main
+from resnext.data.datasets import load_dataset
+from test_input_rules import jpeg, write_parquet
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _foreign(root, split="train", n=6):
+    """A parquet file as the hub's: all rows in one row group (pyarrow's default)."""
+    images = [jpeg(i) for i in range(n)]
+    return write_parquet(root / "data" / f"{split}-00000-of-00001.parquet", images,
+                         [i % 2 for i in range(n)])  # fmt: skip
+
+
+def test_foreign_parquet_is_warned_about_at_every_load_with_the_pack_command(tmp_path, caplog):
+    root = tmp_path / "hub set"
+    _foreign(root)
+    for _ in range(2):  # the index's build, then the index read back
+        caplog.clear()
+        load_dataset("parquet", str(root), "train", in_memory="no")
+        warned = [r.getMessage() for r in caplog.records if "row group per image" in r.message]
+        assert len(warned) == 1 and "1 of the 1 train parquet files" in warned[0]
+        command = shlex.split(warned[0].split(": ")[-1])
+        assert command[:2] == ["resnext", "pack"] and command[command.index("--data") + 1] == str(
+            root
+        )
+        args = build_parser().parse_args(command[1:])
+        assert (args.dataset, args.format) == ("parquet", "parquet")
+    out = tmp_path / "packed"
+    assert main([*command[1:-1], str(out)]) == 0  # the command it names makes the fast layout
+    caplog.clear()
+    load_dataset("parquet", str(out), "train", in_memory="no")
+    assert "row group per image" not in caplog.text
