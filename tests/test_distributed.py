@@ -129,3 +129,19 @@ def test_ddp_accumulation_syncs_once_per_step_and_equals_one_process(tmp_path):
     for name, want in raw.state_dict().items():
         for r, got in enumerate(ranks):
             assert torch.allclose(got[name], want, atol=1e-6), (r, name)
+
+
+def test_the_step_line_shows_every_ranks_figures_as_the_epoch_line_does(tmp_path):
+    """The last step's line sums over both ranks: its loss, error and rate are the epoch's."""
+    import json
+    import re
+
+    out = _finish(_torchrun(["--standalone", "--nproc_per_node=2"], tmp_path / "ddp",
+                            "--set", "log_steps=1"))  # fmt: skip
+    steps = re.findall(r"step 2/2 loss (\S+) err (\S+) img/s (\S+)", out)
+    epoch = json.loads(next(line for line in out.splitlines() if line.startswith('{"epoch"')))
+    assert len(steps) == 1, out[-3000:]
+    loss, err, rate = (float(v) for v in steps[0])
+    assert loss == float(f"{epoch['train_loss']:.4g}")
+    assert err == float(f"{epoch['train_top1_error']:.4g}")
+    assert rate > 0.7 * epoch["images_per_second"]  # both ranks' images, not rank 0's half

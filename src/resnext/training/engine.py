@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -117,15 +118,19 @@ def train_one_epoch(
     sums = torch.zeros(3, device=device) if sums is None else sums.to(device)
     began = time.perf_counter()
     seen = 0
+    # Under torchrun the step line shows every rank's figures, as the epoch line does: summed
+    # at the logged steps only (one small all-reduce per `log_steps`, none on other steps).
+    shared = dist.is_initialized()
     for batch, (x, y) in enumerate(batches, start):
         set_lr(t.optimizer, lr_at(cfg, t.step, steps_per_epoch))
         sums += train_step(t, x, y, cfg, step_generator(cfg.seed + 1, epoch, batch))
         seen += len(y)
         if on_step is not None:
             on_step(batch + 1, sums)
-        if progress.due(batch + 1):
-            loss, wrong, n = sums.tolist()
-            rate = seen / (time.perf_counter() - began)
+        if progress.scheduled(batch + 1) if shared else progress.due(batch + 1):
+            figures = [*sums.tolist(), seen]
+            loss, wrong, n, images = all_sum(figures, device) if shared else figures
+            rate = images / (time.perf_counter() - began)
             progress.update(batch + 1, loss=loss / n, err=100 * wrong / n, img_s=rate)
     progress.close()
     seconds = time.perf_counter() - began

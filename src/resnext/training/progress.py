@@ -30,10 +30,17 @@ class Progress:
 
     def due(self, done: int) -> bool:
         """Whether step `done` should be shown (every step on a terminal)."""
-        return self.enabled and (self.tty or done % self.every == 0 or done == self.total)
+        return self.enabled and (self.tty or self.scheduled(done))
+
+    def scheduled(self, done: int) -> bool:
+        """Whether step `done` is a logged one: the same steps on every rank, so that the
+        figures shown there can be summed over ranks (rank 0's terminal is not theirs)."""
+        return done % self.every == 0 or done == self.total
 
     def update(self, done: int, **values: float) -> None:
         """Show `done` of `total` steps with named values (loss, error, images/s)."""
+        if not self.enabled:
+            return
         if self.sink is not None and (done % self.every == 0 or done == self.total):
             self.sink(done, values)
         text = " ".join(f"{k.replace('_', '/')} {v:.4g}" for k, v in values.items())
