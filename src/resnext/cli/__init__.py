@@ -31,6 +31,11 @@ examples:
   resnext predict --checkpoint runs/c10/best.pt photo.jpg
   resnext info resnext50_32x4d                           params and multiply-adds
   resnext study --template cpu --dataset folder --data DIR --out runs/study
+  resnext train --recipe imagenet --dataset wds --data DIR --out runs/in1k
+                                                         ImageNet as timm's imagenet-1k-wds
+  resnext pack --dataset parquet --data DIR --format parquet --out NEW
+                                                         hub parquet to one read per image
+  torchrun --nproc_per_node=8 -m resnext.cli train --recipe imagenet --data DIR --out runs/in1k
 
 `resnext COMMAND --help` lists a command's options and their defaults. Exit status: 0 done,
 2 a mistake in the arguments or input files (one line, nothing written), 1 a failed run,

@@ -1,4 +1,5 @@
-"""`resnext pack`: an image folder (or shards) written as WebDataset shards or parquet files."""
+"""`resnext pack`: an image folder, WebDataset shards or parquet files written as WebDataset
+shards or parquet files (pack's layout: one positioned read per image)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "pack", formatter_class=DefaultsFormatter,
-        help="write an image folder as WebDataset shards or parquet files",
+        help="write an image folder, shards or parquet files as shards or parquet files",
         description="Copies the encoded images (never re-encoded) of every split, in order: "
         "train, val/ as validation, test. wds writes NAME-SPLIT-NNNN.tar and _info.json as "
         "timm's imagenet-1k-wds; parquet writes data/SPLIT-NNNNN-of-NNNNN.parquet as Hugging "

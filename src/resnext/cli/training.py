@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import get_args
 
 from resnext.cli.cluster import add_launcher_arguments, cluster_options
 from resnext.cli.common import DefaultsFormatter, UserError, log_to_stderr
-from resnext.training.config import RECIPES, BadImages, Dataset
+from resnext.training.config import RECIPES, BadImages, Dataset, TrainConfig
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -101,8 +102,10 @@ def add_data_arguments(p: argparse.ArgumentParser, defaults: str) -> None:
     p.add_argument("--dataset", choices=get_args(Dataset), help=f"data set (default: {defaults})")
     p.add_argument("--data", help="data set path, stored absolute (default: none)")
     p.add_argument("--epochs", type=int, help=f"epochs to train (default: {defaults})")
+    keys = ", ".join(f.name for f in dataclasses.fields(TrainConfig) if f.name != "recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (see a run's config.json); repeatable")  # fmt: skip
+                   help=f"override a config field (a run's config.json holds them all); "
+                        f"repeatable. Keys: {keys}")  # fmt: skip
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -85,6 +85,8 @@ def load_dataset(
         raise TypeError(f"load_dataset() got unexpected arguments {sorted(deprecated)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if name in READERS and not root:
+        raise ValueError(f"--dataset {name} needs --data: the folder of its {READERS[name].what}")
     if split != "train":
         split = held_out_split(name, root, split)
     if name == "digits":

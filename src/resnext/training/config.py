@@ -211,7 +211,8 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
         if key not in hints or key == "recipe":
             close = difflib.get_close_matches(key, list(hints), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r}{hint}")
+            raise ValueError(f"unknown config key {key!r}{hint}; `resnext train --help` lists "
+                             "the keys (--set)")  # fmt: skip
         changes[key] = parse_value(key, value, hints[key]) if isinstance(value, str) else value
     return dataclasses.replace(config, **changes)
 
