@@ -40,3 +40,41 @@ def test_foreign_parquet_is_warned_about_at_every_load_with_the_pack_command(tmp
     caplog.clear()
     load_dataset("parquet", str(out), "train", in_memory="no")
     assert "row group per image" not in caplog.text
+
+
+def test_a_reader_that_aborts_on_a_footer_is_one_line_naming_the_file(tmp_path, capsys):
+    """pyarrow aborts the process on some crafted footers: the index is built in a child, whose
+    death names the file it was reading; the files before it were read."""
+    import os
+
+    from resnext.data import parquet
+
+    root = tmp_path / "set"
+    for k in range(3):
+        write_parquet(root / "data" / f"train-0000{k}-of-00003.parquet", [jpeg(k)], [k % 2])
+    crafted = root / "data" / "train-00001-of-00003.parquet"
+    read = parquet.read_footer
+    seen = tmp_path / "seen"
+
+    def aborts(path):
+        with open(seen, "a") as f:
+            f.write(f"{path.name}\n")
+        if path == crafted:
+            os.abort()
+        return read(path)
+
+    with pytest.MonkeyPatch.context() as m:  # the patch reaches the forked child
+        m.setattr(parquet, "read_footer", aborts)
+        with pytest.raises(ValueError) as e:
+            load_dataset("parquet", str(root), "train", in_memory="no")
+        assert str(e.value) == (f"cannot read parquet file {crafted}: its reader died by "
+                                "SIGABRT (a damaged file: replace it)")  # fmt: skip
+        assert seen.read_text().split() == ["train-00000-of-00003.parquet", crafted.name]
+        assert main(["train", "--dataset", "parquet", "--data", str(root), "--out",
+                     str(tmp_path / "run")]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(crafted) in err and "SIGABRT" in err
+    # The normal road: the index built in the child, then read here, give the same set.
+    built = load_dataset("parquet", str(root), "train", in_memory="no")
+    again = load_dataset("parquet", str(root), "train", in_memory="no")
+    assert built.labels.tolist() == again.labels.tolist() == [0, 1, 0]

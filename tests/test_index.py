@@ -42,7 +42,7 @@ def packed(tmp_path_factory) -> dict[str, Path]:
 
 def fresh(fmt: str, root: Path, split: str = "train"):
     """What the reader finds without an index, and the bad samples it notes."""
-    noted = index._Recorder()
+    noted = index.Recorder()
     return SCANS[fmt].scan(str(root), split, noted), noted.noted
 
 

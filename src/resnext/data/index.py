@@ -144,7 +144,7 @@ def _first_change(old: dict, new: dict) -> str:
 
 def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, list]:
     log.info("indexing the %s split of %s (once; kept in %s)", split, root, path)
-    recorder = _Recorder()
+    recorder = Recorder()
     found = scan(root, split, recorder)
     labels = np.asarray(found.labels, dtype=np.int64)
     meta = {"key": key, "classes": found.classes, "source": found.source, "empty": found.empty,
@@ -160,7 +160,7 @@ def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, li
     return dataclasses.replace(found, labels=labels), recorder.noted
 
 
-class _Recorder(BadImages):
+class Recorder(BadImages):
     """A policy that only records what a scan notes (replayed on the caller's policy)."""
 
     def __init__(self) -> None:

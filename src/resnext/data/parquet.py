@@ -26,12 +26,15 @@ import logging
 import os
 import re
 import shlex
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from resnext.data.bad_images import BadImages
 from resnext.data.index import indexed_scan
+from resnext.data.isolated import scan_in_child
 from resnext.data.pages import PageError, plain_value
 from resnext.data.records import OpenFiles, ShardRecords, open_fd
 from resnext.data.samples import Scan
@@ -68,7 +71,7 @@ class ParquetRecords(ShardRecords):
         self.handles = OpenFiles(open_fd)  # every file, as the open-file limit allows
         # pyarrow's readers of foreign files (each holds its footer in memory), a few at a time;
         # local[COLUMN]: (file, row group, the column's values) of the last row group read
-        self.tables = OpenFiles(_open_table, _OPEN_TABLES)
+        self.tables = OpenFiles(read_footer, _OPEN_TABLES)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -153,8 +156,9 @@ class ParquetRecords(ShardRecords):
         return group[2][row - int(self.starts[f][g])].as_py()
 
 
-def _open_table(path: Path):
-    """A pyarrow ParquetFile of a file."""
+def read_footer(path: Path):
+    """A pyarrow ParquetFile of a file: its footer read (where a crafted footer can abort the
+    process: the index build runs in a child, data/isolated.py)."""
     return pyarrow_parquet().ParquetFile(path)
 
 
@@ -204,10 +208,12 @@ def splits(root: str) -> list[str]:
 
 def load(root: str, split: str, bad: BadImages) -> Scan:
     """The rows of the `split` parquet files in `root`, from its index (data/index.py) when it
-    matches the files, else scanned now (`scan`) and indexed."""
+    matches the files, else scanned now (`scan`, in a child process: data/isolated.py) and
+    indexed."""
     pyarrow_parquet()  # the one-line hint now, not in a worker at the first foreign row
     files = parquet_files(root, split)
-    found = indexed_scan("parquet", root, split, bad, files, scan, ParquetRecords.from_arrays)
+    build = partial(scan_in_child, scan, ParquetRecords.from_arrays, files, "parquet file")
+    found = indexed_scan("parquet", root, split, bad, files, build, ParquetRecords.from_arrays)
     _warn_foreign(root, split, found.records)
     return found
 
@@ -226,18 +232,21 @@ def _warn_foreign(root: str, split: str, records: ParquetRecords) -> None:
                 len(foreign), len(records.files), split, root, foreign[0], command)  # fmt: skip
 
 
-def scan(root: str, split: str, bad: BadImages) -> Scan:
+def scan(
+    root: str, split: str, bad: BadImages, reading: Callable[[int], None] = lambda f: None
+) -> Scan:
     """The rows of the `split` ("train", "validation" or "test") parquet files in `root`.
 
     A missing or unreadable file is a ValueError naming it, before any training; a row
-    without a label is a bad image (skipped with a warning, counted).
+    without a label is a bad image (skipped with a warning, counted). `reading(f)` is told
+    each file's index before the file is read.
     """
-    pq = pyarrow_parquet()
     files = parquet_files(root, split)
     which, rows, labels, starts, names, chunks, max_def = [], [], [], [], None, [], []
     for f, path in enumerate(files):
+        reading(f)
         try:
-            pf = pq.ParquetFile(path)
+            pf = read_footer(path)
             _check_columns(pf.schema_arrow, path)
             column = pf.read(columns=["label"]).column(0).to_pylist()
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
