@@ -84,3 +84,13 @@ def test_cls_is_read_first_and_json_where_there_is_none(tmp_path, caplog):
     data = load_dataset("wds", str(tmp_path), "train", in_memory="no")
     assert data.labels.tolist() == [1, 2, 0]
     assert "labels from .cls members (2) and the 'label' field of .json members (1)" in caplog.text
+
+
+def test_an_alt_label_that_is_no_field_name_is_one_line_naming_the_file(tmp_path):
+    write_tar(tmp_path / "x-train-0000.tar", _members([{"label": 0}]))
+    write_info(tmp_path, {"train": ["x-train-0000.tar"]})
+    info = json.loads((tmp_path / "_info.json").read_text())
+    info["splits"]["train"]["alt_label"] = ["label"]
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="_info.json: splits.train.alt_label is a list"):
+        load_dataset("wds", str(tmp_path), "train", in_memory="no")
