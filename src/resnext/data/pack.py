@@ -30,6 +30,7 @@ from PIL import Image
 from resnext.atomic import write_atomic
 from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImages, NoSamples
 from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.parquet import ADVISE_PACK
 from resnext.data.samples import ImageSet, common_classes
 from resnext.errors import one_line
 
@@ -173,7 +174,7 @@ def pack_dataset(
         shard_size = old.pop("size")
     if old:
         raise TypeError(f"pack_dataset() got unexpected arguments {sorted(old)}")
-    from resnext.data.datasets import READERS, load_dataset, splits_present
+    from resnext.data.datasets import READERS
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
@@ -184,16 +185,7 @@ def pack_dataset(
     args = {"dataset": dataset, "root": str(Path(root).resolve()), "format": fmt, "name": name,
             "shard_size": shard_size, "num_classes": num_classes}  # fmt: skip
     state = _resume_state(target, args)
-    sources = []
-    for s in splits_present(dataset, root):
-        # The held-out splits have the training split's classes, whatever labels they hold.
-        count = len(sources[0][1].classes) if sources else num_classes
-        try:
-            sources.append((s, load_dataset(dataset, root, s, in_memory="no", num_classes=count)))
-        except NoSamples as e:  # ImageNet's test split has no labels: nothing to train on
-            if s == "train":
-                raise
-            log.warning("not packing the %s split: %s", s, e)
+    sources = _sources(dataset, root, num_classes)
     classes = sources[0][1].classes
     _write_json(target / STATE, state)  # from here on, a second run resumes
     splits = {}
@@ -223,6 +215,30 @@ def pack_dataset(
     for packed in splits:  # the index beside the shards: the first run reads it in seconds
         READERS[fmt].scan(str(target), packed, BadImages())
     return splits
+
+
+def _sources(dataset: str, root: str, num_classes: int) -> list[tuple[str, ImageSet]]:
+    """Every split of the data set to pack, read (a split without labels, other than train,
+    is left out with a warning)."""
+    from resnext.data.datasets import load_dataset, splits_present
+
+    sources: list[tuple[str, ImageSet]] = []
+    quiet = ADVISE_PACK.set(False)  # no "pack these files" advice while packing them
+    try:
+        for s in splits_present(dataset, root):
+            # The held-out splits have the training split's classes, whatever labels they hold.
+            count = len(sources[0][1].classes) if sources else num_classes
+            try:
+                data = load_dataset(dataset, root, s, in_memory="no", num_classes=count)
+            except NoSamples as e:  # ImageNet's test split has no labels: nothing to train on
+                if s == "train":
+                    raise
+                log.warning("not packing the %s split: %s", s, e)
+                continue
+            sources.append((s, data))
+    finally:
+        ADVISE_PACK.reset(quiet)
+    return sources
 
 
 def _resume_state(target: Path, args: dict) -> dict:
