@@ -21,6 +21,7 @@ each process keeps its last row group, so evaluation, which reads in order, read
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -198,10 +199,20 @@ def splits(root: str) -> list[str]:
     return ["train", *(s for s in (VAL, "test") if any(base.glob(f"{s}-*.parquet")))]
 
 
+def _installed(name: str) -> bool:
+    """Whether `name` can be imported, without importing it: a cached index of packed files
+    needs no pyarrow in the process (importing it costs about 150 MiB of resident memory)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ValueError, ImportError):  # in sys.modules as None: made unimportable
+        return False
+
+
 def load(root: str, split: str, bad: BadImages) -> Scan:
     """The rows of the `split` parquet files in `root`, from its index (data/index.py) when it
     matches the files, else scanned now (`scan`) and indexed."""
-    pyarrow_parquet()  # the one-line hint now, not in a worker at the first foreign row
+    if not _installed("pyarrow"):  # the one-line hint now, not in a worker at a foreign row
+        pyarrow_parquet()
     files = parquet_files(root, split)
     return indexed_scan("parquet", root, split, bad, files, scan, ParquetRecords.from_arrays)
 
