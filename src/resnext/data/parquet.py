@@ -21,6 +21,7 @@ each process keeps its last row group, so evaluation, which reads in order, read
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -209,11 +210,21 @@ def splits(root: str) -> list[str]:
     return ["train", *(s for s in (VAL, "test") if any(base.glob(f"{s}-*.parquet")))]
 
 
+def _installed(name: str) -> bool:
+    """Whether `name` can be imported, without importing it: a cached index of packed files
+    needs no pyarrow in the process (importing it costs about 150 MiB of resident memory)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ValueError, ImportError):  # in sys.modules as None: made unimportable
+        return False
+
+
 def load(root: str, split: str, bad: BadImages) -> Scan:
     """The rows of the `split` parquet files in `root`, from its index (data/index.py) when it
     matches the files, else scanned now (`scan`, in a child process: data/isolated.py) and
     indexed."""
-    pyarrow_parquet()  # the one-line hint now, not in a worker at the first foreign row
+    if not _installed("pyarrow"):  # the one-line hint now, not in a worker at a foreign row
+        pyarrow_parquet()
     files = parquet_files(root, split)
     build = partial(scan_in_child, scan, ParquetRecords.from_arrays, files, "parquet file")
     found = indexed_scan("parquet", root, split, bad, files, build, ParquetRecords.from_arrays)
