@@ -183,6 +183,17 @@ def test_an_archive_tarfile_reads_short_is_refused():
         list(tar_members(io.BytesIO(data), len(data)))
 
 
+def test_a_pax_charset_tarfile_cannot_read_is_refused():
+    """Found by the fuzzer: tarfile raises UnicodeDecodeError on a pax `hdrcharset` value that
+    is not UTF-8, wherever it appears in the records; tar_members read on."""
+    data = archive(tarfile.PAX_FORMAT, [("é.jpg", b"x")])
+    at = data.index(b"path=")
+    damaged = data[: at - 3] + b"16 hdrcharset=\xc2\n" + data[at + 13 :]  # as long
+    assert reference(damaged) is None
+    with pytest.raises(TarError, match="hdrcharset"):
+        list(tar_members(io.BytesIO(damaged), len(damaged)))
+
+
 def test_a_truncated_or_empty_file_is_a_tar_error():
     data = VARIANTS["gnu-kinds1"]
     end = max(offset + size for _, offset, size in ours(data))

@@ -23,6 +23,7 @@ _DIR, _LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL = b"5", b"L", b"K", (b"x", b"X")
 _OCTAL = b"01234567\0"
 _NUMBERS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
+_PAX_CHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")  # searched anywhere, as tarfile does
 
 
 class TarError(Exception):
@@ -136,6 +137,9 @@ def _text(field: bytes) -> str:
 def _pax(data: bytes) -> dict[str, str]:
     """pax records ("LENGTH key=value\\n", LENGTH counting the whole record), read as tarfile
     reads them; sparse files, which shards never hold, are refused."""
+    charset = _PAX_CHARSET.search(data)
+    if charset and not _is_utf8(charset.group(1)):  # tarfile raises UnicodeDecodeError
+        raise TarError("is not a tar file (a pax hdrcharset that is not UTF-8)")
     out, pos = {}, 0
     while match := _PAX_RECORD.match(data, pos):
         try:
@@ -151,6 +155,14 @@ def _pax(data: bytes) -> dict[str, str]:
         out[key] = value.decode("utf-8", "surrogateescape")
         pos += length
     return out
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _pax_number(value: str) -> int:
