@@ -172,7 +172,7 @@ def fuzz(name: str, seconds: float, engine: str, out: Path) -> dict:
     """Fuzz one target for `seconds`, in children restarted after a crash; a summary."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    executions, deaths, seed, start = 0, [], 0, time.monotonic()
+    executions, deaths, seed, start = 0, {}, 0, time.monotonic()
     while (left := seconds - (time.monotonic() - start)) > 1 or seed == 0:
         cmd = [sys.executable, __file__, "--child", name, "--engine", engine, "--seed", str(seed),
                "--out", str(out), str(max(left, 1))]  # fmt: skip
@@ -181,25 +181,37 @@ def fuzz(name: str, seconds: float, engine: str, out: Path) -> dict:
             code, log = proc.returncode, proc.stderr + proc.stdout
         except subprocess.TimeoutExpired as e:
             code, log = "timeout", str(e.stderr or "")
+        (out / f"log-{seed}.txt").write_text(log)
         runs = re.findall(r"stat::number_of_executed_units: (\d+)", log)
         count = out / f"executions-{seed}"
         executions += int(runs[-1]) if runs else int(count.read_text()) if count.exists() else 0
-        crashed = [
-            p for p in out.glob("*-*") if p.name.split("-")[0] in ("crash", "timeout", "oom")
-        ]
-        if code != 0 and not crashed:  # the loop engine's crash: its current input
-            dead = out / f"died-{seed}.bin"
-            if (out / "current.bin").exists():
-                shutil.copy(out / "current.bin", dead)
-            deaths.append(f"process ended ({code}): {dead.name}; {log.strip()[-300:]}")
-        for p in crashed:
-            deaths.append(f"libFuzzer {p.name.split('-')[0]}: {p.name}")
-            p.rename(out / f"died-{seed}-{p.name}")
+        artifacts = [p for p in out.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-"))]
+        if code != 0 and not artifacts and (out / "current.bin").exists():  # the loop's input
+            artifacts = [shutil.copy(out / "current.bin", out / "input.bin")]
+        for p in map(Path, artifacts):
+            kept = p.rename(out / f"died-{seed}-{p.name}")
+            deaths.setdefault(_cause(code, log, p.name), []).append(kept.name)
         seed += 1
     found = sorted(p.read_text().splitlines()[0] + f" ({p.with_suffix('.bin').name})"
                    for p in out.glob("finding-*.txt"))  # fmt: skip
+    found += [
+        f"process died: {cause} ({len(files)}x, {files[0]})" for cause, files in deaths.items()
+    ]
     return {"target": name, "engine": engine, "seconds": round(time.monotonic() - start),
-            "executions": executions, "findings": found + deaths}  # fmt: skip
+            "executions": executions, "findings": found}  # fmt: skip
+
+
+def _cause(code: int | str, log: str, artifact: str) -> str:
+    """Why a child died, from its last words: a C++ exception's message, a fatal error, the
+    exception that ended atheris, or libFuzzer's verdict (timeout, out of memory); else its exit
+    status."""
+    patterns = (r"what\(\):\s*(.+)", r"Fatal Python error: (.+)", r"(?m)^(\w+Error: .+)",
+                r"ERROR: libFuzzer: (.+)")  # fmt: skip
+    for pattern in patterns:
+        found = re.findall(pattern, log)
+        if found:
+            return re.sub(r"\d+", "N", found[-1].strip())  # one cause whatever the sizes
+    return f"{artifact.split('-')[0]}, exit status {code}"
 
 
 def main() -> None:
