@@ -194,6 +194,23 @@ def test_a_pax_charset_tarfile_cannot_read_is_refused():
         list(tar_members(io.BytesIO(damaged), len(damaged)))
 
 
+class _Bounded(io.BytesIO):
+    """A file that fails a read past its end (a real file's buffer is allocated up front)."""
+
+    def read(self, n: int = -1) -> bytes:
+        assert n <= len(self.getbuffer()), f"read({n}) of a {len(self.getbuffer())}-byte file"
+        return super().read(n)
+
+
+@pytest.mark.parametrize("kind", [b"L", b"x", b"g", b"K", b"0"])
+def test_a_size_past_the_file_is_refused_before_any_read(kind):
+    data = archive(tarfile.GNU_FORMAT, [("x.jpg", b"A")])
+    damaged = _set_field(data, 0, 124, b"\x80" + (2**80).to_bytes(11, "big"))
+    damaged = _set_field(damaged, 0, 156, kind)
+    with pytest.raises(TarError, match="truncated"):
+        list(tar_members(_Bounded(damaged), len(damaged)))
+
+
 def test_a_truncated_or_empty_file_is_a_tar_error():
     data = VARIANTS["gnu-kinds1"]
     end = max(offset + size for _, offset, size in ours(data))

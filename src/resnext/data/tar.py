@@ -51,10 +51,10 @@ def tar_members(f: BinaryIO, file_size: int) -> Iterator[tuple[str, int, int]]:
             return
         size, kind, data = _header_size(header, pos), header[156:157], pos + BLOCK
         if kind in (_LONG_NAME, _LONG_LINK) or kind in _PAX or kind == _PAX_GLOBAL:
+            if data + size > file_size:  # checked before reading: a size is any 95-bit number
+                raise TarError(f"is truncated (a member ends past its {file_size} bytes)")
             f.seek(data)
             extra = f.read(_blocks(size))
-            if data + size > file_size:
-                raise TarError(f"is truncated (a member ends past its {file_size} bytes)")
             if kind == _LONG_NAME:
                 chain.append(_text(extra))
             elif kind in _PAX:
@@ -73,8 +73,9 @@ def tar_members(f: BinaryIO, file_size: int) -> Iterator[tuple[str, int, int]]:
 
 
 def _member(header: bytes, kind: bytes, size: int, data: int, common: dict, chain: list):
-    """The name, size, end and whether it is a regular file, as tarfile builds them: its own header, then the
-    pax global records, then the long names and pax records before it, the nearest first."""
+    """(name, size, end, whether a regular file) of a member as tarfile builds them: its own
+    header, then the pax global records, then the long names and pax records before it, the
+    nearest last (it wins)."""
     if kind == b"S":
         raise TarError(f"holds a sparse member at byte {data - BLOCK} (shards hold none)")
     own = _text(header[:100])
