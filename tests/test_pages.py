@@ -102,3 +102,114 @@ def test_any_bytes_give_a_value_or_a_page_error(tmp_path, version):
         assert value is None or isinstance(value, bytes)
         outcomes["none" if value is None else "value"] += 1
     assert min(outcomes.values()) > 0, outcomes  # the damage reached every outcome
+
+
+def _struct(*fields: tuple[int, int | bytes]) -> bytes:
+    """A Thrift compact struct of i32 fields and nested structs (already encoded), by field id."""
+    out, last = bytearray(), 0
+    for fid, value in fields:
+        nested = isinstance(value, bytes)
+        out.append(((fid - last) << 4) | (12 if nested else 5))
+        out += value if nested else varint((value << 1) ^ (value >> 63))  # zigzag
+        last = fid
+    return bytes(out + b"\x00")
+
+
+def page(body: bytes, version: int = 1, levels: int = 0, size: int | None = None,
+         **fields: int) -> bytes:  # fmt: skip
+    """A page header as parquet writes it, then `body`: data page v1 (fields num_values,
+    encoding) or v2 (also def_bytes, rep_bytes; `levels` bytes of `body` are its levels)."""
+    size = len(body) if size is None else size
+    if version == 1:
+        sub = (5, _struct((1, fields.get("num_values", 1)), (2, fields.get("encoding", 0)),
+                          (3, 3), (4, 3)))  # fmt: skip
+    else:  # rep_bytes=None leaves the optional field out
+        v2 = [(1, fields.get("num_values", 1)), (2, 0), (3, 1), (4, fields.get("encoding", 0)),
+              (5, fields.get("def_bytes", levels)), (6, fields.get("rep_bytes", 0))]  # fmt: skip
+        sub = (8, _struct(*(f for f in v2 if f[1] is not None)))
+    return _struct((1, 0 if version == 1 else 3), (2, size), (3, size), sub) + body
+
+
+def _body(version: int, level_run: bytes, value: bytes, tail: bytes = b"") -> tuple[bytes, int]:
+    """Levels (v1: their 4-byte length first), then the value's length and bytes, then `tail`."""
+    levels = len(level_run).to_bytes(4, "little") + level_run if version == 1 else level_run
+    return levels + len(value).to_bytes(4, "little") + value + tail, len(level_run)
+
+
+# First definition levels of a column of max level 2, as an RLE run (header 2: one value, its
+# byte) or bit-packed (header 3: one group of 8, the lowest 2 bits of the byte first).
+LEVELS = {"rle 2": (b"\x02\x02", 2), "rle 1": (b"\x02\x01", 1), "rle 0": (b"\x02\x00", 0),
+          "packed 2": (b"\x03\xfe", 2), "packed 1": (b"\x03\xfd", 1), "packed 0": (b"\x03\x00", 0),
+          "2 packed groups": (b"\x05\xfe\xff", 2)}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("levels", sorted(LEVELS))
+@pytest.mark.parametrize("tail", [b"", b"more bytes"])
+def test_definition_levels_decide_null_in_both_encodings(version, levels, tail):
+    """A value whose first definition level is the maximum is read, bytes after it ignored;
+    a lower level is a null, as parquet's RLE/bit-packed hybrid encoding defines them."""
+    run, level = LEVELS[levels]
+    body, n = _body(version, run, b"image bytes", tail)
+    chunk = page(body, version, levels=n)
+    assert plain_value(chunk, 2) == (b"image bytes" if level == 2 else None)
+    assert plain_value(page(b"\x03\x00\x00\x00abc" + tail, version), 0) == b"abc"  # no levels
+    if version == 2:  # without the optional repetition levels' length
+        assert plain_value(page(body, 2, levels=n, rep_bytes=None), 2) == plain_value(chunk, 2)
+
+
+def _v1(value: bytes = b"abc", **kw) -> bytes:
+    return page(_body(1, b"\x02\x02", value)[0], 1, **kw)
+
+
+def _v2(value: bytes = b"abc", **kw) -> bytes:
+    return page(_body(2, b"\x02\x02", value)[0], 2, levels=2, **kw)
+
+
+@pytest.mark.parametrize(
+    "chunk, why",
+    [
+        (_v1(size=-1), "truncated page"),
+        (_v1(size=100), "truncated page"),
+        (_struct((1, 0)) + b"\x00", "truncated page"),  # no size
+        (_v1(num_values=2), "not one PLAIN value"),
+        (_v1(encoding=2), "not one PLAIN value"),
+        (_v2(num_values=0), "not one PLAIN value"),
+        (_v2(encoding=8), "not one PLAIN value"),
+        (_v2(rep_bytes=1), "not one PLAIN value"),
+        (_v2(def_bytes=100), "truncated levels"),
+        (_v2(def_bytes=-1), "truncated levels"),
+        (page(b"\x00\x00\x00\x00", 2), "truncated levels"),  # v2 without levels
+        (page(b"\x01\x00\x00\x00\x02", 1), "truncated levels"),  # a run without its value
+        (_struct((1, 7), (2, 0), (3, 0)), "page type 7"),
+        (page(_body(1, b"\x02\x02", b"")[0][:-2], 1), "truncated value"),  # 2 of 4 length bytes
+        (page(_body(1, b"\x02\x02", b"abc")[0][:-1], 1), "truncated value"),
+    ],
+)
+def test_each_refusal_says_why(chunk, why):
+    with pytest.raises(PageError, match=f"^{why}$"):
+        plain_value(chunk, 2)
+
+
+def test_headers_nest_16_deep_and_varints_take_10_bytes():
+    """The limits are the stated ones: structs nested 16 deep and varints of 10 bytes (64 bits)
+    are read, one more is a PageError."""
+    body = _body(1, b"\x02\x02", b"abc")[0]
+    sub = _struct((1, 1), (2, 0), (3, 3), (4, 3))
+    for depth, ok in ((16, True), (17, False)):
+        chain = b"\x1c" * (depth - 1) + b"\x00" * depth  # field 6: structs `depth` deep
+        chunk = _struct((1, 0), (2, len(body)), (3, len(body)), (5, sub), (6, chain)) + body
+        if ok:
+            assert plain_value(chunk, 2) == b"abc"
+        else:
+            with pytest.raises(PageError, match="nested over 16 deep"):
+                plain_value(chunk, 2)
+    chunk = _v1()
+    assert chunk[2] == 0x15 and chunk[3] < 0x80  # field 2, its one-byte varint
+    for width, ok in ((10, True), (11, False)):
+        padded = bytes([chunk[3] | 0x80]) + b"\x80" * (width - 2) + b"\x00"  # the same number
+        if ok:
+            assert plain_value(chunk[:3] + padded + chunk[4:], 2) == b"abc"
+        else:
+            with pytest.raises(PageError, match="varint over 64 bits"):
+                plain_value(chunk[:3] + padded + chunk[4:], 2)

@@ -75,7 +75,10 @@ def _sub(fields: dict, key: int) -> dict:
 
 def _first_level(rle: memoryview, width: int) -> int:
     """The first level of an RLE/bit-packed hybrid run (levels of at most 8 bits)."""
-    head, pos = _varint(rle, 0)
+    try:
+        head, pos = _varint(rle, 0)
+    except PageError:
+        raise PageError("truncated levels") from None
     if pos >= len(rle):
         raise PageError("truncated levels")
     if head & 1:  # bit-packed groups of 8: the first value is the lowest bits of the next byte
