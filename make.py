@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Set-up and entry points: `python3 make.py demo` runs the main job, `python3 make.py test` the tests.
+"""Set-up and entry points: `python3 make.py demo` runs the main job, `python3 make.py test` the tests,
+`python3 make.py fuzz [SECONDS]` the fuzz targets (tests/fuzz/), SECONDS each (default 30).
 
 Each creates (or reuses) a virtual environment in .venv and installs the package with pip.
 """
@@ -46,10 +47,16 @@ def run(*cmd: str) -> None:
 def main() -> None:
     target = sys.argv[1] if len(sys.argv) > 1 else "demo"
     extra = sys.argv[2:]
-    if target not in ("demo", "test"):
-        sys.exit(f"usage: python3 make.py demo|test (got {target!r})")
+    if target not in ("demo", "test", "fuzz"):
+        sys.exit(f"usage: python3 make.py demo|test|fuzz (got {target!r})")
     ensure_env("train" if target == "demo" else "test")
-    if target == "demo":
+    if target == "fuzz":
+        try:  # atheris has wheels for Linux on x86-64; elsewhere the mutation loop runs
+            ensure_env("test,fuzz")
+        except subprocess.CalledProcessError:
+            print("atheris did not install: fuzzing with the seeded mutation loop", flush=True)
+        run(str(PY), str(ROOT / "tests" / "fuzz" / "run.py"), *extra)
+    elif target == "demo":
         # The main job: train the `digits` recipe on the CPU, print accuracy, run dir, plot.
         # The demo's own directory is replaced on every run (`--overwrite`); nothing else is.
         demo = ["train", "--recipe", "digits", "--out", "runs/digits", "--overwrite"]

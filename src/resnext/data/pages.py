@@ -11,6 +11,10 @@ from __future__ import annotations
 
 _DATA_PAGE, _DATA_PAGE_V2 = 0, 3
 _PLAIN = 0
+# A parquet page header nests three structs deep (PageHeader, DataPageHeader, Statistics); a
+# header nested deeper is damaged, not a page, and Python's stack must not be the limit.
+_MAX_DEPTH = 16
+_MAX_VARINT = 10  # bytes of a 64-bit varint
 
 
 class PageError(ValueError):
@@ -21,16 +25,17 @@ def plain_value(chunk: bytes, max_def: int) -> bytes | None:
     """The one value of a one-row uncompressed column chunk, or None when it is null.
 
     `max_def` is the column's maximum definition level (2 for `image.bytes`: the struct and
-    the field may each be null).
+    the field may each be null). Any other bytes raise PageError: every read is bounded by the
+    bytes that remain, so a damaged header costs at most one pass over the chunk.
     """
-    header, pos = _struct(chunk, 0)
-    kind, size = header.get(1), header.get(3)
-    if size is None or pos + size > len(chunk):
+    header, pos = _struct(chunk, 0, 0)
+    kind, size = _int(header, 1), _int(header, 3)
+    if size is None or size < 0 or pos + size > len(chunk):
         raise PageError("truncated page")
     body = memoryview(chunk)[pos : pos + size]
     if kind == _DATA_PAGE:
-        page = header.get(5, {})
-        if page.get(1) != 1 or page.get(2) != _PLAIN:
+        page = _sub(header, 5)
+        if _int(page, 1) != 1 or _int(page, 2) != _PLAIN:
             raise PageError("not one PLAIN value")
         levels = 0
         if max_def:
@@ -38,10 +43,12 @@ def plain_value(chunk: bytes, max_def: int) -> bytes | None:
             defined = _first_level(body[4:levels], max_def.bit_length())
         values = body[levels:]
     elif kind == _DATA_PAGE_V2:
-        page = header.get(8, {})
-        if page.get(1) != 1 or page.get(4) != _PLAIN or page.get(6, 0):
+        page = _sub(header, 8)
+        if _int(page, 1) != 1 or _int(page, 4) != _PLAIN or _int(page, 6, 0) != 0:
             raise PageError("not one PLAIN value")
-        levels = page.get(5, 0)
+        levels = _int(page, 5, 0)
+        if levels is None or not 0 <= levels <= len(body):
+            raise PageError("truncated levels")
         if max_def:
             defined = _first_level(body[:levels], max_def.bit_length())
         values = body[levels:]
@@ -50,14 +57,28 @@ def plain_value(chunk: bytes, max_def: int) -> bytes | None:
     if max_def and defined != max_def:
         return None
     length = int.from_bytes(values[:4], "little")
-    if 4 + length > len(values):
+    if len(values) < 4 or 4 + length > len(values):
         raise PageError("truncated value")
     return bytes(values[4 : 4 + length])
 
 
+def _int(fields: dict, key: int, default: int | None = None) -> int | None:
+    """An integer field (a bool or a struct where an integer belongs is None)."""
+    value = fields.get(key, default)
+    return value if type(value) is int else None
+
+
+def _sub(fields: dict, key: int) -> dict:
+    value = fields.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _first_level(rle: memoryview, width: int) -> int:
     """The first level of an RLE/bit-packed hybrid run (levels of at most 8 bits)."""
-    head, pos = _varint(rle, 0)
+    try:
+        head, pos = _varint(rle, 0)
+    except PageError:
+        raise PageError("truncated levels") from None
     if pos >= len(rle):
         raise PageError("truncated levels")
     if head & 1:  # bit-packed groups of 8: the first value is the lowest bits of the next byte
@@ -67,7 +88,8 @@ def _first_level(rle: memoryview, width: int) -> int:
 
 def _varint(buf, pos: int) -> tuple[int, int]:
     value = shift = 0
-    while True:
+    end = pos + _MAX_VARINT
+    while pos < end:
         if pos >= len(buf):
             raise PageError("truncated header")
         byte = buf[pos]
@@ -76,10 +98,13 @@ def _varint(buf, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, pos
         shift += 7
+    raise PageError("varint over 64 bits")
 
 
-def _struct(buf, pos: int) -> tuple[dict, int]:
+def _struct(buf, pos: int, depth: int) -> tuple[dict, int]:
     """A Thrift compact struct: {field id: int or nested dict}; other fields skipped."""
+    if depth > _MAX_DEPTH:
+        raise PageError(f"header nested over {_MAX_DEPTH} deep")
     out: dict = {}
     field = 0
     while True:
@@ -95,44 +120,58 @@ def _struct(buf, pos: int) -> tuple[dict, int]:
         else:
             raw, pos = _varint(buf, pos)
             field = (raw >> 1) ^ -(raw & 1)
-        value, pos = _value(buf, pos, kind)
+        value, pos = _value(buf, pos, kind, depth, False)
         if value is not None:
             out[field] = value
 
 
-def _value(buf, pos: int, kind: int):
-    if kind in (1, 2):  # booleans live in the type
-        return kind == 1, pos
-    if kind == 3:
-        return buf[pos], pos + 1
-    if kind in (4, 5, 6):  # zigzag varints
+def _value(buf, pos: int, kind: int, depth: int, element: bool):
+    """One value of Thrift compact type `kind` at `pos`: (value or None if skipped, next pos).
+
+    Every branch checks its bytes against `len(buf)`, and every element of a list, set or map
+    takes at least one byte, so a declared size past the bytes left is refused before looping.
+    """
+    if 4 <= kind <= 6:  # zigzag varints (the most common, first)
         raw, pos = _varint(buf, pos)
         return (raw >> 1) ^ -(raw & 1), pos
-    if kind == 7:
-        return None, pos + 8
+    if kind == 12:
+        return _struct(buf, pos, depth + 1)
     if kind == 8:
         size, pos = _varint(buf, pos)
-        return None, pos + size
+        return None, _skip(buf, pos, size)
+    if kind in (1, 2):
+        if not element:  # a field's boolean lives in its type
+            return kind == 1, pos
+        return None, _skip(buf, pos, 1)  # an element's takes a byte
+    if kind == 3:
+        end = _skip(buf, pos, 1)
+        return buf[pos], end
+    if kind == 7:
+        return None, _skip(buf, pos, 8)
     if kind in (9, 10):
-        head = buf[pos]
-        pos += 1
-        size, elem = head >> 4, head & 0x0F
+        pos = _skip(buf, pos, 1)
+        size, elem = buf[pos - 1] >> 4, buf[pos - 1] & 0x0F
         if size == 15:
             size, pos = _varint(buf, pos)
-        if elem in (1, 2):  # booleans in a list take a byte each
-            return None, pos + size
+        _skip(buf, pos, size)
         for _ in range(size):
-            _, pos = _value(buf, pos, elem)
+            _, pos = _value(buf, pos, elem, depth + 1, True)
         return None, pos
     if kind == 11:
         size, pos = _varint(buf, pos)
         if size:
+            _skip(buf, pos, 1 + 2 * size)  # the key and value types, then the entries
             types = buf[pos]
             pos += 1
             for _ in range(size):
-                _, pos = _value(buf, pos, types >> 4)
-                _, pos = _value(buf, pos, types & 0x0F)
+                _, pos = _value(buf, pos, types >> 4, depth + 1, True)
+                _, pos = _value(buf, pos, types & 0x0F, depth + 1, True)
         return None, pos
-    if kind == 12:
-        return _struct(buf, pos)
     raise PageError(f"unknown Thrift type {kind}")
+
+
+def _skip(buf, pos: int, size: int) -> int:
+    """`pos + size`, where that is within `buf`."""
+    if pos + size > len(buf):
+        raise PageError("truncated header")
+    return pos + size
