@@ -59,8 +59,6 @@ def _info(tmp_path: Path, train: object) -> dict:
     return read_info(str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="data/wds.py split_shards: a split, filenames or "
-                   "shard_lengths of the wrong type raise AttributeError/TypeError, not one line")  # fmt: skip
 @pytest.mark.parametrize(
     "train",
     [
@@ -73,9 +71,8 @@ def test_info_fields_of_the_wrong_type_are_one_line_naming_the_file(tmp_path, tr
     """Found by the fuzzer (info target)."""
     from resnext.data.wds import split_shards
 
-    info = _info(tmp_path, train)
     with pytest.raises(ValueError, match="_info.json"):
-        split_shards(str(tmp_path), "train", info)
+        split_shards(str(tmp_path), "train", _info(tmp_path, train))
 
 
 def _parquet(path: Path, labels: list[int], names: bool = True) -> bytes:
@@ -94,8 +91,6 @@ def _parquet(path: Path, labels: list[int], names: bool = True) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="data/datasets.py numbered_classes: without class names "
-                   "the largest label makes the class list (the fuzzer's 2^48 exhausted memory)")  # fmt: skip
 def test_a_huge_label_without_class_names_is_one_line(tmp_path):
     """Found by the fuzzer (parquet target): a label of 2^48 in a file whose ClassLabel was
     damaged built 2^48 class names (20 GB, then killed). 2,000,000 stands for it here."""
@@ -106,8 +101,6 @@ def test_a_huge_label_without_class_names_is_one_line(tmp_path):
         load_dataset("parquet", str(tmp_path), "train", in_memory="no")
 
 
-@pytest.mark.xfail(strict=True, reason="data/parquet.py chunk_index: pyarrow aborts the "
-                   "process (SIGABRT) on a column chunk's damaged level histogram")  # fmt: skip
 def test_a_footer_that_aborts_pyarrow_is_one_line(tmp_path):
     """Found by the fuzzer (parquet target), one byte of a packed file: the `image` struct's
     repetition written as an i64 field. pyarrow 26's ColumnChunkMetaData then throws a C++
@@ -126,8 +119,6 @@ def _packed_parquet(tmp_path: Path) -> tuple[Path, bytes]:
     return path, _parquet(path, [0, 1])
 
 
-@pytest.mark.xfail(strict=True, reason="data/parquet.py scan: pyarrow's ArrowNotImplementedError "
-                   "(a NotImplementedError) passes `except (OSError, ValueError)`")  # fmt: skip
 def test_an_arrow_schema_pyarrow_cannot_build_is_one_line(tmp_path):
     """Found by the fuzzer (parquet target), one byte of the file's embedded Arrow schema: the
     label's integer width 64 read as 37,952 bits (here 128)."""
@@ -146,14 +137,12 @@ def test_an_arrow_schema_pyarrow_cannot_build_is_one_line(tmp_path):
         load_dataset("parquet", str(tmp_path), "train", in_memory="no")
 
 
-@pytest.mark.xfail(strict=True, reason="data/parquet.py _by_pyarrow: a row group that reads "
-                   "fewer rows than its metadata counts raises IndexError, not a bad sample")  # fmt: skip
 def test_a_row_group_shorter_than_its_metadata_is_a_bad_sample(tmp_path):
     """Found by the fuzzer (parquet target), one byte: the first data page's type made an index
     page, which pages.py leaves to pyarrow, which reads no row from it."""
     import pyarrow.parquet as pq
 
-    from resnext.data.bad_images import BAD_IMAGE_ERRORS
+    from resnext.data.bad_images import BadImageError
     from resnext.data.datasets import load_dataset
     from resnext.data.parquet import chunk_index
 
@@ -161,9 +150,8 @@ def test_a_row_group_shorter_than_its_metadata_is_a_bad_sample(tmp_path):
     (offset, _), _ = chunk_index(pq.ParquetFile(path))[0]
     assert data[offset : offset + 2] == b"\x15\x00"  # page type: a data page
     path.write_bytes(data[: offset + 1] + b"\x02" + data[offset + 2 :])  # 1: an index page
-    dataset = load_dataset("parquet", str(tmp_path), "train", in_memory="no")
-    with pytest.raises(BAD_IMAGE_ERRORS):
-        dataset.open(0)
+    with pytest.raises(BadImageError, match=f"bad image {path}:0: .*fewer than its metadata"):
+        load_dataset("parquet", str(tmp_path), "train", in_memory="no", bad_images="error")
 
 
 def _model(tmp_path: Path) -> Path:
@@ -174,8 +162,6 @@ def _model(tmp_path: Path) -> Path:
     return save_model_file(tmp_path / "m.pt", {"model": {"w": torch.zeros(2)}, "model_name": "x"})
 
 
-@pytest.mark.xfail(strict=True, reason="files/model_file.py _archive_kind: zipfile's "
-                   "NotImplementedError for a zip of a later version passes its except")  # fmt: skip
 def test_a_zip_of_an_unsupported_version_is_one_line(tmp_path):
     """Found by the fuzzer (model target): "version needed to extract" 12.8 in the central
     directory of a torch zip."""
@@ -189,8 +175,6 @@ def test_a_zip_of_an_unsupported_version_is_one_line(tmp_path):
         read_model_file(path)
 
 
-@pytest.mark.xfail(strict=True, reason="files/model_file.py _pickles_whole: zipfile.is_zipfile "
-                   "raises BadZipFile (not an OSError) on a multi-disk zip64 locator")  # fmt: skip
 def test_a_refused_pickle_with_a_multi_disk_zip_tail_is_one_line(tmp_path):
     """Found by the fuzzer (model target): a pickle the weights-only unpickler refuses, whose
     tail holds a zip64 locator naming 2 disks and an end-of-directory record."""

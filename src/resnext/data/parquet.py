@@ -157,7 +157,10 @@ class ParquetRecords(ShardRecords):
             leaf = column.split(".")[1]
             group = (f, g, table.column(0).combine_chunks().field(leaf))
             self.tables.local[column] = group
-        return group[2][row - int(self.starts[f][g])].as_py()
+        values, at = group[2], row - int(self.starts[f][g])
+        if at >= len(values):  # the row group holds fewer rows than its metadata counts
+            raise OSError(f"row group {g} holds {len(values)} rows, fewer than its metadata counts")
+        return values[at].as_py()
 
 
 def read_footer(path: Path):
@@ -263,7 +266,8 @@ def scan(
             pf = read_footer(path)
             _check_columns(pf.schema_arrow, path)
             column = pf.read(columns=["label"]).column(0).to_pylist()
-        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        except (OSError, ValueError, NotImplementedError) as e:  # ArrowInvalid: a ValueError;
+            # ArrowNotImplementedError (a schema pyarrow cannot build): a NotImplementedError
             raise ValueError(f"cannot read parquet file {path}: {e}") from None
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         starts.append(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))

@@ -48,14 +48,14 @@ class TarRecords(ShardRecords):
         # numpy arrays, not lists of Python objects: forked workers then share the index (no
         # reference counts written, so no copy-on-write of 1.28 M objects per worker).
         self.shards, self.shard, self.offset, self.nbytes = shards, shard, offset, nbytes
-        self.keys = keys  # UTF-8 bytes
+        self.keys = keys  # UTF-8 bytes (names that are not UTF-8: their own bytes, surrogateescape)
         self.handles = OpenFiles(open_fd)  # every shard, as the open-file limit allows
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def name(self, i: int) -> str:
-        return f"{self.shards[self.shard[i]]}:{self.keys[i].decode()}"
+        return f"{self.shards[self.shard[i]]}:{self.keys[i].decode('utf-8', 'surrogateescape')}"
 
     def read(self, i: int) -> bytes:
         fd = self.handles.get(self.shards[int(self.shard[i])])
@@ -129,7 +129,7 @@ def scan(root: str, split: str, bad: BadImages) -> Scan:
     s, off, nbytes, keys = zip(*index) if index else ((), (), (), ())
     records = TarRecords(shards, np.array(s, dtype=np.int32), np.array(off, dtype=np.int64),
                          np.array(nbytes, dtype=np.int64),
-                         np.array([k.encode() for k in keys], dtype=np.bytes_))  # fmt: skip
+                         np.array([k.encode("utf-8", "surrogateescape") for k in keys], dtype=np.bytes_))  # fmt: skip
     return Scan(records, labels, _names(info.get("classes")), f"the {split} shards of {root}",
                 f"no readable samples in the {split} shards of {root}",
                 f'"classes": [...] in {Path(root) / INFO}',

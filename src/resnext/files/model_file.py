@@ -167,8 +167,11 @@ def _pickles_whole(path: Path) -> bool:
     """Whether a file that torch's weights-only unpickler refused is whole: a zip (torch's zip
     reader checked it), or pickles that parse to their STOP (torch.save's legacy format is five:
     magic number, protocol, system info, the object, storage keys). pickletools runs nothing."""
-    if zipfile.is_zipfile(path):
-        return True
+    try:
+        if zipfile.is_zipfile(path):
+            return True
+    except zipfile.BadZipFile:  # a zip64 locator of several disks: no whole zip of ours
+        return False
     try:
         with open(path, "rb") as f:
             for _ in range(5):
