@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Reader:
     """One file format: `scan(root, split, bad)` reads a split (sharded formats through their
-    index, data/index.py); `splits(root)` lists those
-    present, training first; `val` is its validation split's name; `what` names its files."""
+    index, data/index.py); `splits(root)` lists those present, training first; `val` is its
+    validation split's name; `what` names its files."""
 
     scan: Callable[[str, str, BadImages], Scan]
     splits: Callable[[str], list[str]]
