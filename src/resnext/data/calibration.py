@@ -80,10 +80,7 @@ def calibration_batches(
 ) -> list[Tensor]:
     """Up to `limit` images of `folder` (`sample_paths`), all of them, through `preprocessing`
     in batches; ValueError if none is readable."""
-    batches = image_batches(sample_paths(folder, limit), preprocessing, batch_size)
-    if not batches:
-        raise ValueError(f"no readable calibration images in {folder}")
-    return batches
+    return _some_batches(sample_paths(folder, limit), folder, preprocessing, batch_size)
 
 
 def calibration_split(
@@ -95,7 +92,15 @@ def calibration_split(
     """(batches to fit, held-out batches) of a sample of up to `limit` images of `folder`; the
     held-out list is empty for a sample of fewer than `HELD_OUT_SHARE` images."""
     fit, held = hold_out(sample_paths(folder, limit))
-    batches = image_batches(fit, preprocessing, batch_size)
+    batches = _some_batches(fit, folder, preprocessing, batch_size)
+    return batches, image_batches(held, preprocessing, batch_size)
+
+
+def _some_batches(
+    paths: Sequence[Path], folder: str | os.PathLike, preprocessing: Preprocessing, batch_size: int
+) -> list[Tensor]:
+    """`image_batches`, or ValueError naming `folder` when no image of `paths` is readable."""
+    batches = image_batches(paths, preprocessing, batch_size)
     if not batches:
         raise ValueError(f"no readable calibration images in {folder}")
-    return batches, image_batches(held, preprocessing, batch_size)
+    return batches
