@@ -11,6 +11,8 @@ from resnext.cli import build_parser, main
 from resnext.data.datasets import load_dataset
 from test_input_rules import jpeg, write_parquet
 
+from conftest import needs_child
+
 pq = pytest.importorskip("pyarrow.parquet")
 
 
@@ -44,6 +46,7 @@ def test_foreign_parquet_is_warned_about_at_every_load_with_the_pack_command(tmp
     assert "row group per image" not in caplog.text
 
 
+@needs_child
 def test_a_reader_that_aborts_on_a_footer_is_one_line_naming_the_file(tmp_path, capsys):
     """pyarrow aborts the process on some crafted footers: the index is built in a child, whose
     death names the file it was reading; the files before it were read."""

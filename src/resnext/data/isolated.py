@@ -39,7 +39,7 @@ def scan_in_child(
     """`scan(root, split, bad, reading)` run in a child process; a child that dies is a
     ValueError naming the file of `files` it was reading (`what`: "parquet file") and how it
     died. Where this process cannot fork (not POSIX, or a daemonic process), it runs here."""
-    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+    if not can_fork():
         return scan(root, split, bad, lambda f: None)
     ctx = mp.get_context("fork")
     current = ctx.Value("i", -1, lock=False)
@@ -67,6 +67,11 @@ def scan_in_child(
     for names, reason, summary in noted:
         bad.note_many(names, reason, summary)
     return Scan(rebuild(files, arrays), **fields)
+
+
+def can_fork() -> bool:
+    """Whether this process may fork a child for the scan (POSIX, and not a daemonic process)."""
+    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 
 
 def _died(code: int | None, files: list[Path], f: int, what: str, root: str, split: str) -> str:
