@@ -104,3 +104,68 @@ def test_progress_names_the_rate_and_the_time_left(folder, tmp_path, monkeypatch
     lines = [r.getMessage() for r in caplog.records if "images/s" in r.getMessage()]
     assert lines[0].startswith("train: 1 of 10 images (") and "min left)" in lines[0]
     assert lines[-1].startswith("validation: 10 of 10 images (")
+
+
+@pytest.mark.parametrize(
+    "kind, name, suffix",
+    [
+        ("jpeg", "a/b.JPEG", "jpg"),
+        ("mpo", "a/b.jpg", "jpg"),  # a camera JPEG with extra frames is a JPEG
+        ("tiff", "a/b", "tif"),
+        ("png", "", "png"),
+        ("ico", "a/b.PNG", "png"),  # a kind without a suffix: the source's own, if an image's
+        ("ico", "a/b.ico", None),
+        ("", "a/b.webp", "webp"),
+        ("", "a/b.txt", None),
+    ],
+)
+def test_a_member_suffix_is_one_the_readers_take_as_an_image(kind, name, suffix):
+    assert pack._suffix(kind, name) == suffix
+
+
+def test_each_file_that_does_not_open_is_named_and_the_rest_packed(tmp_path, caplog):
+    """pack reads each image's header: a file whose header does not read is a named bad image,
+    and the images after it are packed (one that opens but does not decode, here a 1x1 PNG too
+    small to crop, is the training reader's to name)."""
+    from conftest import write_broken_images
+
+    root = tmp_path / "folder"
+    write_photo_folder(root, ("a", "b"), 3, ("train",), size=(48, 40))
+    broken = write_broken_images(root / "train" / "a")
+    with caplog.at_level(logging.WARNING, logger="resnext.data.bad_images"):
+        info = pack.pack_split(
+            pack._sources("folder", str(root), 0)[0][1], "wds", tmp_path, "x", "train", 100
+        )
+    assert info["num_samples"] == 6 + 1  # the photos of both classes and the 1x1 PNG
+    reasons = {"empty": "not an image file PIL can identify",
+               "text": "not an image file PIL can identify", "truncated": "Truncated File Read"}  # fmt: skip
+    for what, reason in reasons.items():
+        assert f"skipping bad image {broken[what]}: {reason}\n" in caplog.text
+    assert caplog.text.count("skipping bad image") == 3
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_packed_samples_name_their_source_file_and_label(folder, tmp_path, fmt):
+    """Read back by webdataset and pyarrow (not our readers): each sample's label, and the file
+    it came from as split/class/file; `_info.json` names the data set."""
+    import json
+
+    out = tmp_path / "out"
+    pack_dataset("folder", str(folder), fmt, str(out), "photos", 3)
+    want = sorted((p.relative_to(folder).as_posix(), "ab".index(p.parent.name))
+                  for p in folder.glob("*/*/*.jpg"))  # fmt: skip
+    if fmt == "wds":
+        wds = pytest.importorskip("webdataset")
+        tars = sorted(str(p) for p in out.glob("*.tar"))
+        samples = list(wds.WebDataset(tars, shardshuffle=False))
+        got = [(json.loads(s["json"])["filename"], json.loads(s["json"])["label"]) for s in samples]
+        assert [int(s["cls"]) for s in samples] == [label for _, label in got]
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pq.read_table(sorted(out.glob("*/*.parquet")) or sorted(out.glob("*.parquet")))
+        got = list(zip([i["path"] for i in table.column("image").to_pylist()],
+                       table.column("label").to_pylist()))  # fmt: skip
+    assert sorted(got) == want
+    if fmt == "wds":
+        info = json.loads((out / "_info.json").read_text())
+        assert info["name"] == "photos" and info["classes"] == ["a", "b"]

@@ -86,10 +86,14 @@ def decode_image(
 
 def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
     """PIL's lazy open (the header only), without its warning on large images: `max_pixels`
-    is the limit here, and its message one line."""
+    is the limit here, and its message one line; a file of no image format says so without
+    PIL's repr of the object it read (a memory address for an in-memory file)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(source)
+        try:
+            return Image.open(source)
+        except Image.UnidentifiedImageError:  # PIL's text names the object: an address
+            raise Image.UnidentifiedImageError("not an image file PIL can identify") from None
 
 
 def over_pixel_limit(size: tuple[int, int], max_pixels: int) -> str | None:

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image
-
 from resnext.atomic import write_atomic
 from resnext.data.bad_images import BAD_IMAGE_ERRORS, BadImages, NoSamples
-from resnext.data.images import IMAGE_SUFFIXES
+from resnext.data.images import IMAGE_SUFFIXES, open_image
 from resnext.data.parquet import ADVISE_PACK
 from resnext.data.samples import ImageSet, common_classes
 from resnext.errors import one_line
@@ -46,7 +44,7 @@ def encoded(data: ImageSet, start: int = 0) -> Iterator[tuple[int, bytes, str, s
         try:
             source, name = data.open(i)
             raw = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()
-            with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+            with open_image(io.BytesIO(raw)) as im:  # reads the header only
                 kind = (im.format or "").lower()
         except BAD_IMAGE_ERRORS as e:
             data.bad.note(data.name(i), one_line(e))
