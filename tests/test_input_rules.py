@@ -317,7 +317,7 @@ def test_parquet_rows_with_a_path_and_no_bytes_read_the_file(tmp_path, where, mo
     assert [b for b, _ in got] == [
         (images / "pics" / "train" / f"{i}.jpg").read_bytes() for i in range(12)
     ]
-    with pytest.raises(OSError, match="gone.jpg does not open"):
+    with pytest.raises(OSError, match=r"gone.jpg does not open \(No such file or directory\)$"):
         data.records.read(12)
     caplog.clear()
     out = tmp_path / "run"
@@ -325,6 +325,17 @@ def test_parquet_rows_with_a_path_and_no_bytes_read_the_file(tmp_path, where, mo
                  "--set", "max_bad_fraction=0.1") == 0  # fmt: skip
     assert read_model_file(out / "last.pt")["metrics"]["bad_images"] == 2  # train's and val's
     assert "train-00000-of-00001.parquet:12: no image bytes in this row" in caplog.text
+
+
+def test_a_parquet_row_with_neither_bytes_nor_path_is_a_named_bad_sample(tmp_path):
+    root = tmp_path / "set"
+    write_parquet(root / "data" / "train-00000-of-00001.parquet", [jpeg(0), None, jpeg(1)],
+                  [0, 1, 1], ["a", "b"], paths=["a.jpg", None, "b.jpg"])  # fmt: skip
+    data = load_dataset("parquet", str(root), "train", in_memory="no")
+    assert data.records.read(2) == jpeg(1)
+    with pytest.raises(OSError) as e:
+        data.records.read(1)
+    assert str(e.value) == "no image bytes in this row, and no path"
 
 
 # 5. Fewer training images than one batch: one line, whatever the schedule.

@@ -307,6 +307,46 @@ def test_without_info_a_gap_in_the_numbering_names_the_missing_shard(packed, tmp
         load_dataset("wds", str(data), "train")
 
 
+@pytest.mark.parametrize(
+    "names, missing",
+    [
+        (["s-train-0000.tar", "s-train-0002.tar"], "s-train-0001.tar"),
+        (["s-train-0001.tar", "s-train-0002.tar"], "s-train-0000.tar"),
+        (["s-train-00.tar", "s-train-01.tar", "s-train-03.tar"], "s-train-02.tar"),
+        (["s-train-0000.tar", "s-train-0001.tar"], None),
+        (["a-train-0000.tar", "b-train-0002.tar"], None),  # two numberings: neither is checked
+        (["s-train-0000.tar", "s-train-last.tar", "s-train-0002.tar"], None),  # not all numbered
+    ],
+)
+def test_without_info_one_numbering_with_a_gap_names_the_first_missing_shard(
+    tmp_path, names, missing
+):
+    from resnext.data import wds
+
+    shards = [tmp_path / n for n in names]
+    if missing is None:
+        wds._check_numbering(shards)
+        return
+    with pytest.raises(ValueError) as e:
+        wds._check_numbering(shards)
+    assert str(e.value) == f"shard {tmp_path / missing} is missing (the numbering skips it)"
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ([1, 2], "a list [1, 2]"),
+        ("x" * 38, f'a str "{"x" * 38}"'),  # 40 characters with its quotes: shown whole
+        ("x" * 39, f'a str "{"x" * 39}...'),
+        ({"k": None}, 'a dict {"k": null}'),
+    ],
+)
+def test_an_info_value_in_a_message_is_its_type_and_its_first_40_characters(value, shown):
+    from resnext.data import wds
+
+    assert wds._shown(value) == shown
+
+
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
     """Cut at a member boundary, a tar still parses: the missing end-of-archive blocks say so."""
     data = tmp_path / "wds"
