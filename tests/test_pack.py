@@ -47,7 +47,7 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])
-@pytest.mark.parametrize("stop_at", [1, 2, 4])  # the shard whose writing fails (train has 4)
+@pytest.mark.parametrize("stop_at", [1, 2, 4, 5, 7])  # the shard that fails: train 1-4, val 5-8
 def test_a_stopped_pack_resumes_after_its_last_complete_shard(
     folder, tmp_path, monkeypatch, fmt, stop_at
 ):
@@ -79,9 +79,88 @@ def test_a_stopped_pack_resumes_after_its_last_complete_shard(
     monkeypatch.setattr(pack, "encoded", counting)
     again = pack_dataset("folder", str(folder), fmt, str(out), "x", 3)
     assert again == whole and files_of(out) == files_of(tmp_path / "whole")
-    train_read = [i for split, i in read if split == "train"]
-    done = sum(len(w) for w in written)
-    assert train_read == list(range(done, 10))  # only the images after the complete shards
+    done = sum(len(w) for w in written)  # only the images after the complete shards are read
+    assert read == [("train", i) for i in range(min(done, 10), 10)] + [
+        ("val", i) for i in range(max(done - 10, 0), 10)
+    ]
+
+
+def test_a_stopped_pack_run_again_with_other_arguments_is_refused(folder, tmp_path, monkeypatch):
+    import shutil
+
+    form = pack.FORMATS["wds"]
+
+    def failing(f, chunk, data):
+        raise Stop
+
+    out = tmp_path / "out"
+    monkeypatch.setitem(pack.FORMATS, "wds", pack.Format(form.path, failing, form.numbered))
+    with pytest.raises(Stop):
+        pack_dataset("folder", str(folder), "wds", str(out), "x", 3)
+    monkeypatch.setitem(pack.FORMATS, "wds", form)
+    state = files_of(out)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    others = {"format": ("folder", str(folder), "parquet", str(out), "x", 3, 0),
+              "root": ("folder", str(copy), "wds", str(out), "x", 3, 0),
+              "name": ("folder", str(folder), "wds", str(out), "y", 3, 0),
+              "shard size": ("folder", str(folder), "wds", str(out), "x", 4, 0),
+              "class count": ("folder", str(folder), "wds", str(out), "x", 3, 2)}  # fmt: skip
+    for what, args in others.items():
+        with pytest.raises(ValueError, match="holds an unfinished pack of other arguments"):
+            pack_dataset(*args)
+        assert files_of(out) == state, what  # nothing of it touched
+    assert (
+        pack_dataset("folder", str(folder), "wds", str(out), "x", 3)["train"]["num_samples"] == 10
+    )
+
+
+def test_pack_arguments_out_of_range_are_one_line_each(folder, tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"^--shard-size must be positive, got 0$"):
+        pack_dataset("folder", str(folder), "wds", out, "x", 0)
+    with pytest.raises(ValueError, match=r"^--num-classes must not be negative, got -1$"):
+        pack_dataset("folder", str(folder), "wds", out, "x", 3, -1)
+    with pytest.raises(TypeError, match=r"^pack_dataset\(\) got unexpected arguments \['sise'\]$"):
+        pack_dataset("folder", str(folder), "wds", out, "x", sise=3)
+    assert not (tmp_path / "out").exists()
+    one = pack_dataset("folder", str(folder), "wds", out, "x", 1)  # the smallest shard
+    assert one["train"]["shard_lengths"] == [1] * 10
+
+
+def test_the_old_size_argument_still_packs_with_a_deprecation_warning(folder, tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"^pack_dataset\(size=\) is now shard_size=$") as w:
+        old = pack_dataset("folder", str(folder), "wds", str(tmp_path / "old"), "x", size=4)
+    assert w[0].filename == __file__  # it points at the caller
+    new = pack_dataset("folder", str(folder), "wds", str(tmp_path / "new"), "x", shard_size=4)
+    assert old == new and files_of(tmp_path / "old") == files_of(tmp_path / "new")
+
+
+def test_a_held_out_split_of_other_classes_is_refused_naming_both(tmp_path):
+    root = tmp_path / "folder"
+    write_photo_folder(root, ("a", "b"), 2, ("train",), size=(48, 40))
+    write_photo_folder(root, ("a", "c"), 2, ("val",), size=(48, 40))
+    with pytest.raises(ValueError) as e:
+        pack_dataset("folder", str(root), "wds", str(tmp_path / "out"), "x", 3)
+    assert str(e.value) == f"the val split of {root} has other classes than the train split"
+
+
+def test_an_unlabelled_validation_split_is_left_out_and_the_test_split_packed(tmp_path, caplog):
+    """The held-out splits take the training split's class count, whatever labels they hold."""
+    from test_input_rules import jpeg, write_parquet
+
+    root = tmp_path / "hf"
+    labels = {"train": [0, 1, 2, 0, 1, 2], "validation": [-1, -1], "test": [0, 1]}
+    for split, ys in labels.items():
+        write_parquet(root / "data" / f"{split}-00000-of-00001.parquet",
+                      [jpeg(i) for i in range(len(ys))], ys)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="resnext.data.pack"):
+        splits = pack_dataset("parquet", str(root), "wds", str(tmp_path / "out"), "x", 4)
+    assert {s: v["num_samples"] for s, v in splits.items()} == {"train": 6, "test": 2}
+    said = [r.getMessage() for r in caplog.records if r.name == "resnext.data.pack"]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"not packing the val split: no readable rows in the validation "
+                              f"parquet files of {root}"), said  # fmt: skip
 
 
 def test_a_folder_with_another_pack_s_progress_is_refused(folder, tmp_path):
