@@ -49,7 +49,7 @@ class Stop(Exception):
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])
 @pytest.mark.parametrize("stop_at", [1, 2, 4, 5, 7])  # the shard that fails: train 1-4, val 5-8
 def test_a_stopped_pack_resumes_after_its_last_complete_shard(
-    folder, tmp_path, monkeypatch, fmt, stop_at
+    folder, tmp_path, monkeypatch, caplog, fmt, stop_at
 ):
     whole = pack_dataset("folder", str(folder), fmt, str(tmp_path / "whole"), "x", 3)
     form = pack.FORMATS[fmt]
@@ -77,7 +77,9 @@ def test_a_stopped_pack_resumes_after_its_last_complete_shard(
             yield record
 
     monkeypatch.setattr(pack, "encoded", counting)
-    again = pack_dataset("folder", str(folder), fmt, str(out), "x", 3)
+    with caplog.at_level(logging.INFO, logger="resnext.data.pack"):
+        again = pack_dataset("folder", str(folder), fmt, str(out), "x", 3)
+    assert f"resuming the unfinished pack in {out}\n" in caplog.text
     assert again == whole and files_of(out) == files_of(tmp_path / "whole")
     done = sum(len(w) for w in written)  # only the images after the complete shards are read
     assert read == [("train", i) for i in range(min(done, 10), 10)] + [
@@ -171,8 +173,9 @@ def test_a_folder_with_another_pack_s_progress_is_refused(folder, tmp_path):
         pack_dataset("folder", str(folder), "parquet", str(out), "x", 3)
     (out / pack.STATE).unlink()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="is not an empty folder"):
+    with pytest.raises(ValueError) as e:
         pack_dataset("folder", str(folder), "wds", str(out), "x", 3)
+    assert str(e.value) == f"--out {out} is not an empty folder (pack writes a new data set)"
     assert files_of(out) == {"notes.txt": b"mine"}
 
 
