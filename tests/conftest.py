@@ -31,6 +31,12 @@ needs_child = pytest.mark.skipif(
 )
 
 
+def shared_scope(fixture_name: str, config) -> str:
+    """The scope of data a module's tests share: the module's, or each test's own under mutmut,
+    which would otherwise credit the functions a shared fixture calls to its first test only."""
+    return "function" if UNDER_MUTMUT else "module"
+
+
 @pytest.fixture(autouse=True)
 def _scan_in_this_process_under_mutmut(monkeypatch) -> None:
     if UNDER_MUTMUT:

@@ -25,13 +25,13 @@ from resnext.data.bad_images import BadImageError, BadImages
 from resnext.data.datasets import load_dataset
 from resnext.data.pack import pack_dataset
 
-from conftest import write_photo_folder
+from conftest import shared_scope, write_photo_folder
 
 pytest.importorskip("pyarrow")
 SCANS = {"wds": wds, "parquet": parquet}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_scope)
 def packed(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("index")
     folder = write_photo_folder(root / "folder", ("a", "b", "c"), 4, ("train", "val"), (40, 32))
@@ -83,6 +83,35 @@ def test_pack_writes_the_index_and_the_first_run_reads_it_without_a_scan(packed,
         for c in ("a", "b", "c")
         for p in sorted((packed["folder"] / "train" / c).iterdir())
     ]
+
+
+def test_an_index_of_foreign_and_packed_parquet_reads_every_row_as_pyarrow_does(
+    packed, tmp_path, monkeypatch
+):
+    """A foreign file (rows read a row group at a time) before a packed one (rows read
+    directly): the index keeps each file's kind, and reads each row's bytes back."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from test_input_rules import jpeg, write_parquet
+
+    data = tmp_path / "mixed" / "data"
+    write_parquet(data / "train-00000-of-00002.parquet", [jpeg(i) for i in range(4)],
+                  [0, 1, 2, 0], ["a", "b", "c"])  # fmt: skip
+    first = sorted((packed["parquet"] / "data").glob("train-*.parquet"))[0]
+    shutil.copy(first, data / "train-00001-of-00002.parquet")
+    want = [row["bytes"] for f in sorted(data.glob("*.parquet"))
+            for row in pq.read_table(f).column("image").to_pylist()]  # fmt: skip
+    scanned = parquet.load(str(data.parent), "train", BadImages())
+    assert [c is None for c in scanned.records.chunks] == [True, False]
+
+    def no_scan(*args):
+        raise AssertionError("scanned although the index is up to date")
+
+    monkeypatch.setattr(parquet, "scan", no_scan)
+    for found in (scanned, parquet.load(str(data.parent), "train", BadImages())):
+        assert [found.records.read(i) for i in range(len(want))] == want
 
 
 def tar_with_bad_samples(folder: Path) -> Path:

@@ -23,7 +23,7 @@ from resnext.data.datasets import load_dataset
 from resnext.extras import MissingExtra
 from resnext.files.model_file import read_model_file
 
-from conftest import write_photo_folder
+from conftest import shared_scope, write_photo_folder
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
@@ -31,7 +31,7 @@ pa = pytest.importorskip("pyarrow")
 CLASSES = ["cat", "dog", "ship"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_scope)
 def packed(tmp_path_factory) -> dict[str, Path]:
     """A folder of 160x120 photos (3 classes; train 5, val 2 per class) and both packings."""
     root = tmp_path_factory.mktemp("packed")
