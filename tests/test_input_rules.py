@@ -338,6 +338,17 @@ def test_a_parquet_row_with_neither_bytes_nor_path_is_a_named_bad_sample(tmp_pat
     assert str(e.value) == "no image bytes in this row, and no path"
 
 
+def test_parquet_files_without_a_data_folder_are_found_in_the_root(tmp_path):
+    for split, labels in (("train", [0, 1, 0]), ("validation", [1])):
+        write_parquet(tmp_path / f"{split}-00000-of-00001.parquet",
+                      [jpeg(i) for i in range(len(labels))], labels, ["a", "b"])  # fmt: skip
+    from resnext.data import parquet
+
+    assert parquet.splits(str(tmp_path)) == ["train", "validation"]
+    data = load_dataset("parquet", str(tmp_path), "val", in_memory="no")
+    assert records(data) == [(jpeg(0), 1)]
+
+
 # 5. Fewer training images than one batch: one line, whatever the schedule.
 
 

@@ -6,7 +6,9 @@ files, byte for byte, having read only the images after the last complete shard 
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +254,45 @@ def test_packed_samples_name_their_source_file_and_label(folder, tmp_path, fmt):
         table = pq.read_table(sorted(out.glob("*/*.parquet")) or sorted(out.glob("*.parquet")))
         got = list(zip([i["path"] for i in table.column("image").to_pylist()],
                        table.column("label").to_pylist()))  # fmt: skip
+        # statistics for the label only (min/max of image bytes would double the footer)
+        for f in out.glob("data/*.parquet"):
+            chunks = pq.ParquetFile(f).metadata.row_group(0)
+            stats = {chunks.column(c).path_in_schema: chunks.column(c).is_stats_set
+                     for c in range(chunks.num_columns)}  # fmt: skip
+            assert stats == {"image.bytes": False, "image.path": False, "label": True}
     assert sorted(got) == want
     if fmt == "wds":
         info = json.loads((out / "_info.json").read_text())
         assert info["name"] == "photos" and info["classes"] == ["a", "b"]
+
+
+def test_an_image_of_a_kind_without_a_suffix_keeps_its_files_or_is_named(tmp_path, caplog):
+    """An ICO image (PIL opens it; the readers take no .ico): a file keeps its image suffix, a
+    parquet row (named file:row, no suffix) is a named bad image."""
+    from PIL import Image
+
+    from test_input_rules import jpeg, write_parquet
+
+    ico = io.BytesIO()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(ico, "ICO")
+    folder = tmp_path / "folder"
+    write_photo_folder(folder, ("a", "b"), 1, ("train",), size=(48, 40))
+    (folder / "train" / "b" / "z.png").write_bytes(ico.getvalue())
+    info = pack_dataset("folder", str(folder), "wds", str(tmp_path / "packed"), "x", 10)
+    assert info["train"]["num_samples"] == 3
+    with tarfile.open(tmp_path / "packed" / "x-train-0000.tar") as tar:
+        assert sorted(n for n in tar.getnames() if n.endswith((".jpg", ".png"))) == [
+            "00000000.jpg",
+            "00000001.jpg",
+            "00000002.png",
+        ]
+    root = tmp_path / "set"
+    write_parquet(root / "data" / "train-00000-of-00001.parquet",
+                  [jpeg(0), ico.getvalue(), jpeg(1)], [0, 1, 0], ["a", "b"])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="resnext.data.bad_images"):
+        info = pack_dataset("parquet", str(root), "wds", str(tmp_path / "out"), "x", 10)
+    assert info["train"]["num_samples"] == 2
+    shard = root / "data" / "train-00000-of-00001.parquet"
+    assert (
+        f"skipping bad image {shard}:1: a ico image: no image suffix to store it\n" in caplog.text
+    )

@@ -312,6 +312,7 @@ def test_without_info_a_gap_in_the_numbering_names_the_missing_shard(packed, tmp
     [
         (["s-train-0000.tar", "s-train-0002.tar"], "s-train-0001.tar"),
         (["s-train-0001.tar", "s-train-0002.tar"], "s-train-0000.tar"),
+        (["s-train-0001.tar"], "s-train-0000.tar"),
         (["s-train-00.tar", "s-train-01.tar", "s-train-03.tar"], "s-train-02.tar"),
         (["s-train-0000.tar", "s-train-0001.tar"], None),
         (["a-train-0000.tar", "b-train-0002.tar"], None),  # two numberings: neither is checked
@@ -345,6 +346,48 @@ def test_an_info_value_in_a_message_is_its_type_and_its_first_40_characters(valu
     from resnext.data import wds
 
     assert wds._shown(value) == shown
+
+
+@pytest.mark.parametrize(
+    "info, names, found",
+    [
+        ({}, ["x-train-0000.tar"], ["train"]),
+        ({}, ["x-train-0000.tar", "x-test-0000.tar", "x-validation-0000.tar"],
+         ["train", "validation", "test"]),
+        ({"splits": {"test": {"filenames": []}}}, ["a.tar"], ["train", "test"]),
+        ({"splits": {"validation": {"filenames": []}}}, [], ["train", "validation"]),
+    ],
+)  # fmt: skip
+def test_the_held_out_splits_are_those_named_in_info_or_in_shard_names(tmp_path, info, names,
+                                                                        found):  # fmt: skip
+    from resnext.data import wds
+
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    if info:
+        (tmp_path / "_info.json").write_text(json.dumps(info))
+    assert wds.splits(str(tmp_path)) == found
+
+
+def test_a_shard_cut_inside_an_image_after_its_scan_names_the_sample(tmp_path):
+    from resnext.data import wds
+    from resnext.data.bad_images import BadImages
+
+    shard = tmp_path / "x-train-0000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key in ("a", "b"):
+            for ext, payload in (("jpg", bytes(range(200))), ("cls", b"0")):
+                member = tarfile.TarInfo(f"{key}.{ext}")
+                member.size = len(payload)
+                tar.addfile(member, io.BytesIO(payload))
+    records = wds.load(str(tmp_path), "train", BadImages()).records
+    assert records.read(1) == bytes(range(200))
+    records = wds.load(str(tmp_path), "train", BadImages()).records  # from its index
+    with open(shard, "r+b") as f:
+        f.truncate(3 * 512 + 512 + 100)  # a's image and label, then b's header and 100 bytes
+    with pytest.raises(OSError) as e:
+        records.read(1)
+    assert str(e.value) == f"{shard}:b: shard ends inside the image (truncated)"
 
 
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
