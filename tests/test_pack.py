@@ -126,6 +126,10 @@ def test_a_stopped_pack_run_again_with_other_arguments_is_refused(folder, tmp_pa
 
 def test_pack_arguments_out_of_range_are_one_line_each(folder, tmp_path):
     out = str(tmp_path / "out")
+    with pytest.raises(
+        ValueError, match=r"^format must be one of \('wds', 'parquet'\), got 'zip'$"
+    ):
+        pack_dataset("folder", str(folder), "zip", out, "x", 3)
     with pytest.raises(ValueError, match=r"^--shard-size must be positive, got 0$"):
         pack_dataset("folder", str(folder), "wds", out, "x", 0)
     with pytest.raises(ValueError, match=r"^--num-classes must not be negative, got -1$"):
@@ -186,6 +190,54 @@ def test_a_folder_with_another_pack_s_progress_is_refused(folder, tmp_path):
     assert files_of(out) == {"notes.txt": b"mine"}
 
 
+def test_a_split_whose_files_stop_opening_once_loaded_is_one_line(tmp_path):
+    """Loading checks that a split has a readable image; files changed after it still leave
+    pack with nothing to write: one line, no shard."""
+    root = tmp_path / "folder"
+    write_photo_folder(root, ("a", "b"), 2, ("train",), size=(48, 40))
+    data = pack._sources("folder", str(root), 0)[0][1]
+    for f in (root / "train").glob("*/*.jpg"):
+        f.write_bytes(b"")
+    with pytest.raises(ValueError) as e:
+        pack.pack_split(data, "wds", tmp_path, "x", "train", 3)
+    assert str(e.value) == "no readable images in the train split to pack"
+    assert not list(tmp_path.glob("*.tar"))
+
+
+@pytest.mark.parametrize(
+    "start, steps, shown",
+    [
+        # (seconds after the start, images read): what is logged
+        (600, [(10, 900), (30, 1200)], ["train: 1200 of 7200 images (20 images/s, about 5 min left)"]),
+        (600, [(29.9, 1200), (45, 1500), (60, 1800), (75, 2100)],
+         ["train: 1500 of 7200 images (20 images/s, about 5 min left)",
+          "train: 2100 of 7200 images (20 images/s, about 4 min left)"]),
+        (0, [(30, 0)], ["train: 0 of 7200 images (0 images/s, about inf min left)"]),
+    ],
+)  # fmt: skip
+def test_progress_is_logged_every_30_s_with_the_rate_since_the_start(monkeypatch, caplog, start,
+                                                                     steps, shown):  # fmt: skip
+    clock = [1000.0]
+    monkeypatch.setattr(pack.time, "monotonic", lambda: clock[0])
+    progress = pack._Progress("train", 7200, start)
+    with caplog.at_level(logging.INFO, logger="resnext.data.pack"):
+        for seconds, at in steps:
+            clock[0] = 1000.0 + seconds
+            progress.show(at)
+    assert [r.getMessage() for r in caplog.records] == shown
+
+
+def test_the_rate_of_a_first_second_is_not_rounded_to_a_second(monkeypatch, caplog):
+    clock = [1000.0]
+    monkeypatch.setattr(pack.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pack, "PROGRESS_SECONDS", 0.0)
+    progress = pack._Progress("val", 100, 0)
+    clock[0] = 1000.5
+    with caplog.at_level(logging.INFO, logger="resnext.data.pack"):
+        progress.show(10)
+    assert caplog.records[0].getMessage() == "val: 10 of 100 images (20 images/s, about 0 min left)"
+
+
 def test_progress_names_the_rate_and_the_time_left(folder, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(pack, "PROGRESS_SECONDS", 0.0)
     with caplog.at_level(logging.INFO, logger="resnext.data.pack"):
@@ -221,11 +273,12 @@ def test_each_file_that_does_not_open_is_named_and_the_rest_packed(tmp_path, cap
     root = tmp_path / "folder"
     write_photo_folder(root, ("a", "b"), 3, ("train",), size=(48, 40))
     broken = write_broken_images(root / "train" / "a")
-    with caplog.at_level(logging.WARNING, logger="resnext.data.bad_images"):
+    with caplog.at_level(logging.INFO):
         info = pack.pack_split(
             pack._sources("folder", str(root), 0)[0][1], "wds", tmp_path, "x", "train", 100
         )
     assert info["num_samples"] == 6 + 1  # the photos of both classes and the 1x1 PNG
+    assert "train: 7 images in 1 wds files\n" in caplog.text
     reasons = {"empty": "not an image file PIL can identify",
                "text": "not an image file PIL can identify", "truncated": "Truncated File Read"}  # fmt: skip
     for what, reason in reasons.items():

@@ -99,8 +99,6 @@ def pack_split(
     lengths and the next image), from which a second run resumes. A numbered format's count
     ("-of-NNNNN") is known at the end, when the finished files are renamed.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
     form = FORMATS[fmt]
     state = state or {"done": [], "lengths": [], "next": 0}
     done, lengths, chunk = [out / p for p in state["done"]], list(state["lengths"]), []
@@ -174,6 +172,8 @@ def pack_dataset(
         raise TypeError(f"pack_dataset() got unexpected arguments {sorted(old)}")
     from resnext.data.datasets import READERS
 
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     if num_classes < 0:
