@@ -145,6 +145,7 @@ def test_bad_samples_are_in_the_index_and_noted_again_at_every_load(tmp_path, ca
         same(got, want)
         assert bad.files == {names[0] for names, _, _ in noted}
         assert len([r for r in caplog.records if "skipping bad image" in r.getMessage()]) == 3
+        assert f"skipping bad image {data / 'y-train-0000.tar'}:004: no image\n" in caplog.text
     with pytest.raises(BadImageError, match=r"y-train-0000.tar:001: no \.cls label"):
         wds.load(str(data), "train", BadImages("error"))
 

@@ -252,6 +252,8 @@ def test_progress_names_the_rate_and_the_time_left(folder, tmp_path, monkeypatch
     [
         ("jpeg", "a/b.JPEG", "jpg"),
         ("mpo", "a/b.jpg", "jpg"),  # a camera JPEG with extra frames is a JPEG
+        ("mpo", "x.parquet:3", "jpg"),  # whatever its source's name
+        ("jpeg", "x.tar:key", "jpg"),
         ("tiff", "a/b", "tif"),
         ("png", "", "png"),
         ("ico", "a/b.PNG", "png"),  # a kind without a suffix: the source's own, if an image's

@@ -390,6 +390,36 @@ def test_a_shard_cut_inside_an_image_after_its_scan_names_the_sample(tmp_path):
     assert str(e.value) == f"{shard}:b: shard ends inside the image (truncated)"
 
 
+def _shard(path: Path, samples: int) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for k in range(samples):
+            for ext, payload in (("jpg", b"\xff\xd8" + bytes(50)), ("cls", b"1")):
+                member = tarfile.TarInfo(f"{k:03d}.{ext}")
+                member.size = len(payload)
+                tar.addfile(member, io.BytesIO(payload))
+    return path
+
+
+@pytest.mark.parametrize("claimed", [1, 3])
+def test_a_shard_of_another_count_than_info_says_is_one_line(tmp_path, claimed):
+    shard = _shard(tmp_path / "x-train-0000.tar", 2)
+    info = {"splits": {"train": {"filenames": [shard.name], "shard_lengths": [claimed]}}}
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError) as e:
+        load_dataset("wds", str(tmp_path), "train", in_memory="no")
+    assert str(e.value) == (f"shard {shard} holds 2 samples where _info.json says {claimed} "
+                            "(truncated or replaced: download or pack it again)")  # fmt: skip
+
+
+def test_shards_that_hold_no_sample_are_one_line(tmp_path, capsys):
+    _shard(tmp_path / "x-train-0000.tar", 0)
+    _shard(tmp_path / "x-validation-0000.tar", 1)
+    assert main(["train", "--recipe", "tiny", "--dataset", "wds", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train" in err and str(tmp_path) in err, err
+
+
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
     """Cut at a member boundary, a tar still parses: the missing end-of-archive blocks say so."""
     data = tmp_path / "wds"
