@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -89,6 +90,8 @@ _LAYOUTS = {
     "two images of one key in one run": [("s.jpg", jpeg(12)), ("s.jpg", jpeg(13)),
                                          ("s.cls", b"1"), ("t.jpg", jpeg(14)), ("t.cls", b"0"),
                                          ("u.jpg", jpeg(15)), ("u.cls", b"2"), ("u.cls", b"0")],
+    "members without a key": [("README", b"x"), ("v.jpg", jpeg(16)), ("v.cls", b"1"),
+                              ("notes/", b""), ("w.jpg", jpeg(17)), ("w.cls", b"0")],
 }  # fmt: skip
 
 
@@ -123,6 +126,17 @@ def test_tar_samples_are_grouped_as_webdataset_groups_them(tmp_path, layout, cap
         assert key in named and f"two {key}." in caplog.text
     if layout == "a later run without its label":
         assert named == {"d/x#2"} and "no .cls label" in caplog.text
+    runs, last = {}, None  # the keys that come back after other members, in order
+    for name, _ in _LAYOUTS[layout]:
+        key = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+        if key and key.group(1) != last:
+            last = key.group(1)
+            runs[last] = runs.get(last, 0) + 1
+    repeated = [k for k, n in runs.items() if n > 1]
+    said = [m for m in caplog.messages if "come back" in m]
+    assert said == ([f"{shard}: {len(repeated)} keys ({repeated[0]} first) come back after other "
+                     "members: each run of members is a sample of its own (webdataset's rule), "
+                     "named KEY#2, ..."] if repeated else [])  # fmt: skip
 
 
 def write_set(root: Path, fmt: str, splits: dict[str, list[int]], classes=None,
@@ -458,10 +472,12 @@ def test_info_counts_that_disagree_with_the_shards_are_warned_about(tmp_path, cl
     said = [m for m in caplog.messages if "_info.json" in m]
     assert len(said) == 1, caplog.messages
     if "num_samples" in claims:
-        assert f"holds {claims['num_samples']} samples; its shards hold 9 (used)" in said[0]
+        assert said[0] == (f"{data / '_info.json'} says the train split holds "
+                           f"{claims['num_samples']} samples; its shards hold 9 (used)")  # fmt: skip
     else:
         n = len(claims["shard_lengths"])
-        assert f"lists {n} shard_lengths for the 2 train shards" in said[0]
+        assert said[0] == (f"{data / '_info.json'} lists {n} shard_lengths for the 2 train shards "
+                           "it names (the shards' own counts are used)")  # fmt: skip
 
 
 # 11. Training without a held-out split is asked for by name, and the refusal names it.

@@ -417,7 +417,40 @@ def test_shards_that_hold_no_sample_are_one_line(tmp_path, capsys):
     assert main(["train", "--recipe", "tiny", "--dataset", "wds", "--data", str(tmp_path),
                  "--out", str(tmp_path / "run")]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "train" in err and str(tmp_path) in err, err
+    assert err == f"resnext: error: no readable samples in the train shards of {tmp_path}\n"
+
+
+def test_where_no_shards_are_found_the_message_says_what_was_looked_for(tmp_path):
+    with pytest.raises(ValueError) as e:
+        load_dataset("wds", str(tmp_path), "train")
+    assert str(e.value) == f"no train shards in {tmp_path} (expected NAME-train-NNNN.tar)"
+    (tmp_path / "_info.json").write_text(json.dumps({"splits": {"train": {"filenames": []}}}))
+    with pytest.raises(ValueError) as e:
+        load_dataset("wds", str(tmp_path), "train")
+    assert str(e.value) == f"{tmp_path / '_info.json'} lists no train shards"
+    (tmp_path / "_info.json").unlink()
+    (tmp_path / "x-train-0000.tar").mkdir()  # a shard that is no file
+    with pytest.raises(ValueError) as e:
+        load_dataset("wds", str(tmp_path), "train")
+    assert str(e.value).startswith(f"cannot read shard {tmp_path / 'x-train-0000.tar'}: ")
+
+
+@pytest.mark.parametrize("extra, label", [(0, 1), (1, None)])
+def test_a_json_label_up_to_its_size_limit_is_read(tmp_path, extra, label):
+    from resnext.data import wds
+    from resnext.data.wds_labels import MAX_JSON
+
+    pad = MAX_JSON + extra - len(json.dumps({"label": 1, "pad": ""}))
+    meta = json.dumps({"label": 1, "pad": " " * pad}).encode()  # MAX_JSON + extra bytes
+    path = tmp_path / "x-train-0000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, payload in (("a.jpg", b"\xff\xd8"), ("a.json", meta)):
+            member = tarfile.TarInfo(name)
+            member.size = len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+    (sample,) = wds.scan_tar(path)
+    got, reason = wds.sample_label(sample.label, sample.meta, None)
+    assert len(meta) == MAX_JSON + extra and got == label, reason
 
 
 def test_a_truncated_tar_without_info_is_caught(packed, tmp_path):
