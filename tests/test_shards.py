@@ -435,6 +435,28 @@ def test_where_no_shards_are_found_the_message_says_what_was_looked_for(tmp_path
     assert str(e.value).startswith(f"cannot read shard {tmp_path / 'x-train-0000.tar'}: ")
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "no WebDataset shards in '{root}' ({root} does not exist)"),
+        ("{not json", "cannot read {info}: Expecting property name enclosed in double quotes: "
+                      "line 1 column 2 (char 1)"),
+        ("[1, 2]", "{info} is not a dataset info file (expected {{'splits': {{...}}}})"),
+        ('{"splits": [1]}', "{info} is not a dataset info file (expected {{'splits': {{...}}}})"),
+    ],
+)  # fmt: skip
+def test_an_info_file_that_is_not_one_is_one_line_naming_it(tmp_path, text, message):
+    from resnext.data import wds
+
+    root = tmp_path / "set"
+    if text is not None:
+        root.mkdir()
+        (root / "_info.json").write_text(text)
+    with pytest.raises(ValueError) as e:
+        wds.read_info(str(root))
+    assert str(e.value) == message.format(root=root, info=root / "_info.json")
+
+
 @pytest.mark.parametrize("extra, label", [(0, 1), (1, None)])
 def test_a_json_label_up_to_its_size_limit_is_read(tmp_path, extra, label):
     from resnext.data import wds
