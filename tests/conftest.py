@@ -45,6 +45,17 @@ def _scan_in_this_process_under_mutmut(monkeypatch) -> None:
         monkeypatch.setattr(isolated, "can_fork", lambda: False)
 
 
+def one_line_error(read, path: Path, **kw) -> str:
+    """The CheckpointError `read(path, **kw)` raises: one line that names the file."""
+    from resnext.files.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError) as e:
+        read(path, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    return msg
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

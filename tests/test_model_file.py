@@ -48,6 +48,8 @@ from resnext.files.model_file import (
     save_safetensors,
 )
 
+from conftest import one_line_error
+
 SUFFIXES = [".pt", ".pth", ".bin", ".safetensors", ".onnx", ".pt2", ".ckpt", ""]
 # The documented keys that describe a model (module docstring of files/model_file.py).
 DESCRIBING = ("spec", "model_name", "class_names", "preprocessing", "config", "metrics", "source")
@@ -152,11 +154,7 @@ def assert_same(got, want) -> None:
 
 
 def error_of(path: Path, **kw) -> str:
-    with pytest.raises(CheckpointError) as e:
-        read_model_file(path, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg and str(path) in msg, msg
-    return msg
+    return one_line_error(read_model_file, path, **kw)
 
 
 WRITER_KIND = {

@@ -62,8 +62,7 @@ def indexed_scan(
         if found is None:
             found = _build(path, key, root, split, scan)
     found_scan, noted = found
-    for names, reason, summary in noted:
-        bad.note_many(names, reason, summary)
+    replay(noted, bad)
     return found_scan
 
 
@@ -158,6 +157,12 @@ def _build(path: Path, key: dict, root: str, split: str, scan) -> tuple[Scan, li
         log.warning("cannot write the index %s (%s): the next run scans again", path, e)
     _trim_heap()
     return dataclasses.replace(found, labels=labels), recorder.noted
+
+
+def replay(noted: list[tuple[list[str], str, str]], bad: BadImages) -> None:
+    """Note on `bad` what a `Recorder` recorded."""
+    for names, reason, summary in noted:
+        bad.note_many(names, reason, summary)
 
 
 class Recorder(BadImages):

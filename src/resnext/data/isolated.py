@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from resnext.data.bad_images import BadImages
-from resnext.data.index import Recorder
+from resnext.data.index import Recorder, replay
 from resnext.data.samples import Scan
 
 # scan(root, split, bad, reading): reading(f) is called before the scan reads files[f]
@@ -64,8 +64,7 @@ def scan_in_child(
     if kind == "error":
         raise payload
     arrays, fields, noted = payload
-    for names, reason, summary in noted:
-        bad.note_many(names, reason, summary)
+    replay(noted, bad)
     return Scan(rebuild(files, arrays), **fields)
 
 
